@@ -1,0 +1,178 @@
+"""Which designs an experiment holds, found from the cells' params (never from file or run names,
+except the fork arms, which are named: free, clamp_same, clamp_raised, clamp_lowered, logit_matched).
+
+Each finder returns (specs, notes): a spec is what one analysis needs (cell ids); a note says plainly
+why a design that is partly there cannot be computed. Cells are grouped by p, loss, model and precision.
+- recovery / memorization_control / mediation: a baseline cell (clamped, rho 1, tau 1), a norm-up cell
+  (clamped, rho > 1, tau 1) and a tau sweep at that rho (>= 2 tau values); a logit-matched arm (derived
+  tau) at that rho is the realized T2. In a fork design: baseline = clamp_same, norm-up = clamp_raised,
+  sweep = clamp_raised's tau arms, delays from the fork.
+- collapse: clamped cells spanning >= 2 rho and >= 2 tau values, >= 4 cells.
+- dose_law: clamped cells at tau 1 over >= 4 rho values.
+- allocation: clamp 'alloc' (or gamma != 0) cells over >= 2 gamma values.
+- fork: forked cells named clamp_same and clamp_raised (free and clamp_lowered for the ordering).
+- precision: the same cell in float32 and float64.
+The `design` param narrows this: when every cell names a design known below, only that design's
+analyses run (the paper's collapse grid also holds a tau sweep, but it is not the mediation design).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analyses.cells import FORK_ARMS
+
+ANALYSES = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation",
+            "precision"]
+MEDIATION_SET = {"recovery", "memorization_control", "mediation"}
+BY_DESIGN = {"mediation": MEDIATION_SET, "transformer": MEDIATION_SET,
+             "samestate": MEDIATION_SET | {"fork"}, "fork": MEDIATION_SET | {"fork"},
+             "collapse": {"collapse"}, "dose": {"dose_law"}, "alloc": {"allocation"}, "precision": {"precision"}}
+
+
+def allowed_analyses(cells: pd.DataFrame) -> list[str]:
+    designs = set(cells["design"].str.lower())
+    if designs and all(d in BY_DESIGN for d in designs):
+        wanted = set().union(*(BY_DESIGN[d] for d in designs))
+        return [a for a in ANALYSES if a in wanted]
+    return list(ANALYSES)
+
+
+def _eq(x, v) -> np.ndarray:
+    return np.isclose(x.astype(float), v, rtol=0, atol=1e-6)
+
+
+def _plain_clamped(g: pd.DataFrame) -> pd.DataFrame:
+    """Clamped, unforked, no allocation, given tau: the rho x tau cells."""
+    return g[g["clamped"] & ~g["forked"] & _eq(g["gamma"], 0.0) & ~g["logit_matched"]]
+
+
+def recovery_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    """Specs {group, base, up, sweep, matched, time} for recovery, memorization control and mediation."""
+    specs, notes = [], []
+    for label, g in cells.groupby("group", sort=False):
+        forked = g[g["forked"] & (g["fork_role"] != "")]
+        if len(forked):
+            _fork_recovery(label, forked, specs, notes)
+        plain = _plain_clamped(g)
+        if not len(plain):
+            continue
+        ups = sorted(set(plain.loc[(plain["rho"] > 1 + 1e-6) & _eq(plain["tau"], 1.0), "rho"]))
+        swept = [r for r in ups if plain.loc[_eq(plain["rho"], r), "tau"].nunique() >= 2]
+        base = plain[_eq(plain["rho"], 1.0) & _eq(plain["tau"], 1.0)]
+        if not swept:
+            if len(base) and ups:
+                notes.append(f"recovery ({label}): no tau sweep at rho {ups[-1]:g} (needs >= 2 tau values)")
+            continue
+        if not len(base):
+            notes.append(f"recovery ({label}): no baseline cell (clamped, rho 1, tau 1)")
+            continue
+        matched_all = g[g["logit_matched"] & ~g["forked"]]
+        for rho in swept:
+            sweep = plain[_eq(plain["rho"], rho)].sort_values("tau")
+            up = sweep[_eq(sweep["tau"], 1.0)]
+            matched = matched_all[_eq(matched_all["rho"], rho)]
+            _add(specs, notes, label, base.iloc[0], up.iloc[0], sweep, matched, "t_grok")
+    return specs, notes
+
+
+def _fork_recovery(label, forked, specs, notes):
+    same = forked[(forked["fork_role"] == "clamp_same") & _eq(forked["tau"], 1.0)]
+    raised = forked[(forked["fork_role"] == "clamp_raised") & ~forked["logit_matched"]].sort_values("tau")
+    up = raised[_eq(raised["tau"], 1.0)]
+    matched = forked[forked["logit_matched"]]
+    if raised["tau"].nunique() < 2 and not len(matched):
+        return  # a plain fork design: no recovery intended
+    if not len(same) or not len(up):
+        notes.append(f"recovery ({label}, fork): needs clamp_same and clamp_raised at tau 1")
+        return
+    _add(specs, notes, label, same.iloc[0], up.iloc[0], raised, matched, "fork_delay")
+
+
+def _add(specs, notes, label, base, up, sweep, matched, time):
+    for name, row in (("baseline", base), ("norm-up", up)):
+        if not row["majority"]:
+            notes.append(f"recovery ({label}): {name} arm {row['arm']} has no grokking majority "
+                         f"({row['n_grokked']}/{row['n_seeds']} seeds grokked)")
+            return
+    dropped = sweep[~sweep["majority"]]
+    for r in dropped.itertuples():
+        notes.append(f"recovery ({label}): sweep arm {r.arm} left out, no grokking majority "
+                     f"({r.n_grokked}/{r.n_seeds})")
+    sweep = sweep[sweep["majority"]]
+    if len(sweep) < 2:
+        notes.append(f"recovery ({label}): fewer than 2 sweep arms with a grokking majority")
+        return
+    m = matched[matched["majority"]]
+    if len(matched) and not len(m):
+        notes.append(f"recovery ({label}): logit-matched arm {matched.iloc[0]['arm']} has no grokking majority")
+    specs.append({"group": label, "base": base["cell"], "up": up["cell"], "sweep": list(sweep["cell"]),
+                  "matched": m.iloc[0]["cell"] if len(m) else None, "time": time})
+
+
+def collapse_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    specs, notes = [], []
+    for label, g in cells.groupby("group", sort=False):
+        plain = _plain_clamped(g)
+        if plain["rho"].nunique() < 2 or plain["tau"].nunique() < 2:
+            continue
+        ok = plain[plain["majority"]]
+        if len(ok) < 4:
+            notes.append(f"collapse ({label}): only {len(ok)} grid cells with a grokking majority (needs >= 4)")
+            continue
+        specs.append({"group": label, "cells": list(ok["cell"])})
+    return specs, notes
+
+
+def dose_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    specs, notes = [], []
+    for label, g in cells.groupby("group", sort=False):
+        plain = _plain_clamped(g)
+        plain = plain[_eq(plain["tau"], 1.0)]
+        if plain["rho"].nunique() >= 4:
+            specs.append({"group": label, "cells": list(plain["cell"])})
+        elif plain["rho"].nunique() == 3:
+            notes.append(f"dose law ({label}): only 3 rho values at tau 1 (needs >= 4)")
+    return specs, notes
+
+
+def allocation_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    specs, notes = [], []
+    for label, g in cells.groupby("group", sort=False):
+        alloc = g[~g["forked"] & ((g["clamp"].str.lower() == "alloc") | ~_eq(g["gamma"], 0.0))]
+        if not len(alloc):
+            continue
+        if alloc.loc[alloc["majority"], "gamma"].nunique() < 2:
+            notes.append(f"allocation ({label}): fewer than 2 gamma values with a grokking majority")
+            continue
+        specs.append({"group": label, "cells": list(alloc["cell"])})
+    return specs, notes
+
+
+def fork_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    specs, notes = [], []
+    for label, g in cells.groupby("group", sort=False):
+        f = g[g["forked"] & g["fork_role"].isin(FORK_ARMS) & _eq(g["tau"], 1.0) & ~g["logit_matched"]]
+        if not len(f):
+            continue
+        arms = {r: f.loc[f["fork_role"] == r, "cell"].iloc[0] for r in FORK_ARMS if (f["fork_role"] == r).any()}
+        if "clamp_same" not in arms or "clamp_raised" not in arms:
+            notes.append(f"fork ({label}): needs clamp_same and clamp_raised arms; found {sorted(arms)}")
+            continue
+        specs.append({"group": label, "arms": arms})
+    return specs, notes
+
+
+def precision_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    specs = []
+    key = ["p", "loss", "model", "rho", "tau", "gamma", "clamp", "fork_step", "weight_decay", "fork_role"]
+    c = cells.assign(**{k: cells[k].astype(str) for k in key})
+    for _, g in c.groupby(key, sort=False):
+        f32, f64 = g[g["precision"] == "float32"], g[g["precision"] == "float64"]
+        if len(f32) and len(f64):
+            specs.append({"float32": f32.iloc[0]["cell"], "float64": f64.iloc[0]["cell"]})
+    return specs, []
+
+
+FINDERS = {"recovery": recovery_sets, "collapse": collapse_sets, "dose_law": dose_sets,
+           "allocation": allocation_sets, "fork": fork_sets, "precision": precision_sets}

@@ -1,0 +1,126 @@
+"""Report figures (matplotlib, Agg backend: no display needed). Each function writes one PNG, returns its path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 120
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return str(path)
+
+
+def slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_").lower()
+
+
+def collapse_figure(res: dict, path: Path) -> str:
+    """ln median t_grok against L at grok, one marker per tau, colour per rho, with the L-only OLS line."""
+    cells = pd.DataFrame(res["cells"])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    markers = dict(zip(sorted(cells["tau"].unique()), "osD^v<>"))
+    sc = None
+    for tau, g in cells.groupby("tau"):
+        sc = ax.scatter(g["L"], g["t_grok"], c=g["rho"], cmap="viridis", marker=markers[tau], s=45,
+                        vmin=cells["rho"].min(), vmax=cells["rho"].max(), label=f"tau {tau:g}")
+    x = np.linspace(cells["L"].min(), cells["L"].max(), 50)
+    ax.plot(x, np.exp(res["intercept_logit"] + res["slope_logit"] * x), "k--", lw=1,
+            label=f"ln T = a + b L, R$^2$ {res['r2_logit']:.3f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("logit scale L at grok")
+    ax.set_ylabel("median t_grok (log scale)")
+    ax.set_title(f"collapse, p={res['p']:g}: R$^2$ L {res['r2_logit']:.3f}, rho {res['r2_rho']:.3f}, "
+                 f"both {res['r2_both']:.3f}", fontsize=9)
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="rho")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def sweep_figure(res: dict, path: Path) -> str:
+    """The tau sweep's T against L, the baseline's L, the interpolated T2 and the realized logit-matched point."""
+    sw = pd.DataFrame(res["sweep"]).sort_values("L")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(sw["L"], sw["T"], "o-", color="tab:blue", label=f"norm-up (rho {res['rho']:g}) tau sweep")
+    for r in sw.itertuples():
+        ax.annotate(f"tau {r.tau:g}", (r.L, r.T), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.axhline(res["T0"], color="tab:green", ls=":", label=f"baseline T0 = {res['T0']:.0f}")
+    ax.axvline(res["L_baseline"], color="grey", ls="--", lw=1, label=f"baseline L = {res['L_baseline']:.2f}")
+    if res["T2_interpolated"] is not None:
+        ax.plot(res["L_baseline"], res["T2_interpolated"], "*", ms=13, color="tab:orange",
+                label=f"T2 interpolated = {res['T2_interpolated']:.0f}")
+    if res["matched"]:
+        m = res["matched"]
+        ax.plot(m["L"], m["T"], "s", ms=9, color="tab:red", label=f"logit-matched (tau {m['tau']:.3g}) = {m['T']:.0f}")
+    what = "median delay from fork" if res["time"] == "fork_delay" else "median t_grok"
+    ax.set_xlabel("logit scale L at grok")
+    ax.set_ylabel(what)
+    est = "n/a" if res["estimate"] is None else f"{res['estimate']:.3f}"
+    ax.set_title(f"recovery, p={res['p']:g} {res['loss']}: {est}", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fork_figure(res: dict, path: Path) -> str:
+    """Median delay from the fork per arm with its 95% paired-bootstrap CI."""
+    roles = [r for r in res["delays"] if res["delays"][r] is not None]
+    med = np.array([res["delays"][r] for r in roles])
+    ci = np.array([res["delay_ci"][r] for r in roles], float)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    colors = {"clamp_lowered": "tab:green", "free": "tab:grey", "clamp_same": "tab:blue", "clamp_raised": "tab:red"}
+    ax.bar(roles, med, color=[colors.get(r, "tab:blue") for r in roles], alpha=0.8)
+    ax.errorbar(roles, med, yerr=[med - ci[:, 0], ci[:, 1] - med], fmt="none", ecolor="k", capsize=4)
+    for i, v in enumerate(med):
+        ax.annotate(f"{v:.0f}", (i, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_ylabel("median delay from fork (steps)")
+    ratio = res["ratio_raised_same"]
+    ax.set_title(f"same-state fork, p={res['p']:g}: raised / same = "
+                 f"{ratio:.2f} [{res['ci_low']:.2f}, {res['ci_high']:.2f}]" if ratio else "same-state fork",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+def dose_figure(res: dict, path: Path) -> str:
+    cells = pd.DataFrame(res["cells"])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(cells["W"], cells["t_grok"], "o", label="collapse-free cells")
+    x = np.linspace(cells["W"].min(), cells["W"].max(), 50)
+    ax.plot(x, np.exp(res["c"] + res["alpha"] * x), "k--", lw=1,
+            label=f"ln T = c + {res['alpha']:.3f} W, R$^2$ {res['r2']:.3f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("weight norm W")
+    ax.set_ylabel("median t_grok (log scale)")
+    ax.set_title(f"dose law, p={res['p']:g}: n {res['n']}, delta AIC {res['delta_aic']:.2f}", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def curves_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: Path) -> str | None:
+    """Seed-mean test (solid) and train (dotted) accuracy per arm; None when no arm logged accuracy."""
+    acc = curves[curves["key"].isin(["test/acc", "train/acc"]) & curves["run_id"].isin(cells["cell"])]
+    if acc.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(cells[cells["cell"].isin(acc["run_id"])].itertuples()):
+        for key, ls in (("test/acc", "-"), ("train/acc", ":")):
+            c = acc[(acc["run_id"] == r.cell) & (acc["key"] == key)].sort_values("step")
+            if len(c):
+                ax.plot(c["step"], c["value"], ls, color=colors[i % len(colors)], lw=1.2,
+                        label=r.arm if key == "test/acc" else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("step (log scale)")
+    ax.set_ylabel("accuracy (solid test, dotted train)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

@@ -1,0 +1,123 @@
+"""Engine throughput vs a plain PyTorch loop on the paper's main cell (issue 2, acceptance 2).
+
+    python -m benchmarks.engine [--steps 400] [--json PATH]
+
+Both train the same members (p=59 MLP, 12 seeds, full batch, CE, float32, same seeds and splits, eval of
+all p^2 pairs every 25 steps): the engine as one cohort; the reference the way common grokking code does
+it, one nn.Module and one torch.optim.AdamW per seed. They run in alternating blocks so that both see the
+same machine load. Prints member-steps per second of each and their ratio; --json writes
+engine_member_steps_per_s, reference_member_steps_per_s, ratio (plus the settings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from interventions.cohort import Cohort, CohortConfig, MemberConfig
+
+
+class PlainMLP(nn.Module):
+    """The paper's MLP as a textbook module: Embedding, concat, Linear, GELU, Linear."""
+
+    def __init__(self, p: int, d_embed: int, d_hidden: int):
+        super().__init__()
+        self.embed = nn.Embedding(p, d_embed)
+        self.l1 = nn.Linear(2 * d_embed, d_hidden)
+        self.l2 = nn.Linear(d_hidden, p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(F.gelu(self.l1(self.embed(x).flatten(1))))
+
+
+class Reference:
+    """One module + AdamW per member, started from the engine's init and split."""
+
+    def __init__(self, cohort: Cohort, cfg: CohortConfig):
+        p = cfg.p
+        self.items = []
+        grid = torch.stack([torch.arange(p).repeat_interleave(p), torch.arange(p).repeat(p)], 1)
+        self.x_all, self.y_all = grid, cohort.labels
+        for i in range(len(cohort.members)):
+            net = PlainMLP(p, cfg.d_embed, cfg.d_hidden)
+            with torch.no_grad():
+                net.embed.weight.copy_(cohort.P["E"][i])
+                net.l1.weight.copy_(cohort.P["W1"][i].T)
+                net.l1.bias.copy_(cohort.P["b1"][i])
+                net.l2.weight.copy_(cohort.P["W2"][i].T)
+                net.l2.bias.copy_(cohort.P["b2"][i])
+            decay = [net.embed.weight, net.l1.weight, net.l2.weight]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                     {"params": [net.l1.bias, net.l2.bias], "weight_decay": 0.0}],
+                                    lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+            idx = cohort.train_idx[i]
+            self.items.append((net, opt, grid[idx], cohort.labels[idx]))
+        self.cfg, self.step = cfg, 0
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.step += 1
+            for net, opt, x, y in self.items:
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+            if self.step % self.cfg.eval_every == 0:
+                with torch.no_grad():
+                    for net, _, _, _ in self.items:
+                        net(self.x_all).argmax(-1).eq(self.y_all).float().mean()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=400, help="engine steps timed (default 400)")
+    ap.add_argument("--reference-steps", type=int, default=100, help="reference steps timed (default 100)")
+    ap.add_argument("--blocks", type=int, default=4, help="alternating blocks each side is split into")
+    ap.add_argument("--members", type=int, default=12)
+    ap.add_argument("--p", type=int, default=59)
+    ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = CohortConfig(p=args.p, precision=args.precision)
+    members = [MemberConfig(key=f"bench/{s}", seed=s, budget=10**9) for s in range(args.members)]
+    cohort = Cohort(cfg, members)
+    ref = Reference(cohort, cfg)
+    cohort.run(until=25)  # warm-up: allocator, first eval
+    ref.run(5)
+    t_eng = t_ref = 0.0
+    for k in range(args.blocks):
+        n_eng = args.steps * (k + 1) // args.blocks - args.steps * k // args.blocks
+        n_ref = args.reference_steps * (k + 1) // args.blocks - args.reference_steps * k // args.blocks
+        t0 = time.perf_counter()
+        cohort.run(until=cohort.step + n_eng)
+        t1 = time.perf_counter()
+        ref.run(n_ref)
+        t2 = time.perf_counter()
+        t_eng += t1 - t0
+        t_ref += t2 - t1
+    eng = args.members * args.steps / t_eng
+    refv = args.members * args.reference_steps / t_ref
+    out = {"engine_member_steps_per_s": eng, "reference_member_steps_per_s": refv, "ratio": eng / refv,
+           "members": args.members, "p": args.p, "precision": args.precision,
+           "engine_steps": args.steps, "reference_steps": args.reference_steps,
+           "torch_threads": torch.get_num_threads()}
+    print(f"p={args.p} members={args.members} {args.precision} threads={torch.get_num_threads()}")
+    print(f"engine     {eng:9.1f} member-steps/s  ({args.steps} steps in {t_eng:.1f} s)")
+    print(f"reference  {refv:9.1f} member-steps/s  ({args.reference_steps} steps in {t_ref:.1f} s)")
+    print(f"ratio      {eng / refv:9.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+"""A cohort: members (arm x seed) of one shape trained as one batched tensor program.
+
+Parameters and Adam moments are (M, ...) tensors, row m = member m. Each step: full-batch forward and
+hand-written backward on every member's own training pairs (models.py), one AdamW update over the stacks
+(optim.py), then the clamp (levers.py). Every `eval_every` steps all p^2 pairs are evaluated (train/test
+accuracy -> t_mem, t_grok); every `log_every` steps (and at a member's first and last step) the curves.
+Members retire (grokked + margin, budget, or diverged: NaN/inf loss or weights): their final state and
+records are kept and their rows leave the tensors, so they stop costing compute. Nothing is mixed across
+members, so a member's arithmetic does not depend on who else is in the cohort.
+
+Steps are 1-based: "step t" is the state after t optimizer steps (and the clamp of step t).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import torch
+
+from . import levers, models, tasks
+from .optim import AdamW
+
+# Work sizing: elements of one (members x pairs x hidden) activation block. Blocks that stay in cache
+# make the step several times faster on a CPU than one huge batched tensor.
+TRAIN_BLOCK = 1 << 20
+EVAL_BLOCK = 1 << 21
+FORMAT = "interventions.cohort/1"
+
+SHAPE_KEYS = ("p", "op", "train_fraction", "model", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp")
+
+
+@dataclass
+class CohortConfig:
+    """Everything members of one cohort share (same tensor shapes)."""
+    p: int = 59
+    op: str = "add"  # add | sub | mul | div
+    train_fraction: float = 0.4
+    model: str = "mlp"  # mlp | transformer | transformer_noln
+    d_embed: int = 128
+    d_hidden: int = 256  # mlp
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512  # transformer
+    loss: str = "ce"  # ce | mse
+    precision: str = "float32"  # float32 | float64
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 1.0
+    eval_every: int = 25
+    log_every: int = 200
+    mem_threshold: float = 0.99
+    grok_threshold: float = 0.90
+    device: str = "cpu"
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"cohort.{key}: {why}")
+        if self.op not in tasks.OPS:
+            bad("op", f"unknown op {self.op!r} (expected {' | '.join(tasks.OPS)})")
+        if self.model not in ("mlp", "transformer", "transformer_noln"):
+            bad("model", f"unknown model {self.model!r} (expected mlp | transformer | transformer_noln)")
+        if self.loss not in levers.LOSSES:
+            bad("loss", f"unknown loss {self.loss!r} (expected ce | mse)")
+        if self.precision not in levers.DTYPES:
+            bad("precision", f"unknown precision {self.precision!r} (expected float32 | float64)")
+        for key in ("p", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp", "eval_every", "log_every"):
+            if int(getattr(self, key)) < 1:
+                bad(key, f"must be a positive integer, got {getattr(self, key)!r}")
+        if not 0.0 < self.train_fraction < 1.0:
+            bad("train_fraction", f"must be in (0, 1), got {self.train_fraction}")
+        for key in ("lr", "eps"):
+            if not getattr(self, key) > 0:
+                bad(key, f"must be > 0, got {getattr(self, key)}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                bad(key, f"must be in [0, 1), got {getattr(self, key)}")
+        if self.weight_decay < 0:
+            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class MemberConfig:
+    """One member = one (arm, seed)."""
+    key: str  # unique in the cohort, e.g. "clamp_raised/3"
+    seed: int  # init + split seed
+    tau: float = 1.0
+    clamp: str = "none"  # none | absolute | n0 | alloc
+    target: float | None = None  # absolute weight_norm target (clamp=absolute; alloc: the total)
+    rho: float = 1.0  # clamp=n0 (and alloc without target): target = rho * N0
+    gamma: float = 0.0  # clamp=alloc: moves squared norm between E and the readout (levers.py)
+    t_int: int = 0  # first step (after the optimizer step) at which the clamp acts
+    budget: int = 20000  # max step
+    margin: int = 0  # steps to keep training after t_grok before retiring
+    alloc_base: dict[str, float] | None = None  # clamp=alloc: base per-matrix norms (free control's)
+
+    def __post_init__(self):
+        def bad(k, why):
+            raise ValueError(f"member {self.key!r}.{k}: {why}")
+        if self.clamp not in levers.CLAMPS:
+            bad("clamp", f"unknown clamp {self.clamp!r} (expected {' | '.join(levers.CLAMPS)})")
+        if self.clamp == "absolute" and (self.target is None or not self.target > 0):
+            bad("target", f"clamp=absolute needs a target > 0, got {self.target!r}")
+        if self.target is not None and not self.target > 0:
+            bad("target", f"must be > 0, got {self.target}")
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            bad("tau", f"must be a finite number > 0, got {self.tau}")
+        if not self.rho > 0:
+            bad("rho", f"must be > 0, got {self.rho}")
+        if not -1.0 < self.gamma < 1.0:
+            bad("gamma", f"must be in (-1, 1), got {self.gamma}")
+        if self.budget < 1 or self.margin < 0 or self.t_int < 0:
+            bad("budget/margin/t_int", f"need budget >= 1, margin >= 0, t_int >= 0; got "
+                f"{self.budget}, {self.margin}, {self.t_int}")
+
+
+@dataclass
+class MemberState:
+    """One member's complete state: enough to continue it bit-identically or to fork it."""
+    member: MemberConfig
+    cohort: CohortConfig
+    step: int
+    adam_step: int
+    params: dict[str, torch.Tensor]  # without the member dim
+    exp_avg: dict[str, torch.Tensor]
+    exp_avg_sq: dict[str, torch.Tensor]
+    train_idx: torch.Tensor  # sorted flat pair indices a * p + b of the training split
+    record: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"member": asdict(self.member), "cohort": asdict(self.cohort), "step": self.step,
+                "adam_step": self.adam_step, "params": self.params, "exp_avg": self.exp_avg,
+                "exp_avg_sq": self.exp_avg_sq, "train_idx": self.train_idx, "record": self.record}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemberState":
+        return cls(member=MemberConfig(**d["member"]), cohort=CohortConfig(**d["cohort"]), step=d["step"],
+                   adam_step=d["adam_step"], params=d["params"], exp_avg=d["exp_avg"],
+                   exp_avg_sq=d["exp_avg_sq"], train_idx=d["train_idx"], record=d["record"])
+
+
+def _new_record(m: MemberConfig, start: int) -> dict:
+    return {"key": m.key, "seed": m.seed, "t_mem": None, "t_grok": None, "logit_scale_at_grok": None,
+            "weight_norm_at_grok": None, "diverged": False, "N0": None, "target": None, "final_step": None,
+            "retired_at": None, "retire_reason": None, "start_step": start, "fork_from": None,
+            "fork_step": None, "evals": [], "curves": {}}
+
+
+INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok")
+
+
+class Cohort:
+    def __init__(self, cfg: CohortConfig, members: list[MemberConfig],
+                 init: list[MemberState | None] | None = None):
+        if not members:
+            raise ValueError("cohort: no members")
+        keys = [m.key for m in members]
+        if len(set(keys)) != len(keys):
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(f"cohort.members: duplicate keys {dup}")
+        init = list(init) if init is not None else [None] * len(members)
+        if len(init) != len(members):
+            raise ValueError(f"cohort.init: {len(init)} states for {len(members)} members")
+        self._setup(cfg)
+        fresh = [s is None for s in init]
+        if any(fresh) and not all(fresh):
+            raise ValueError("cohort.init: mixes fresh members and restored states (members share one step)")
+        steps = {(s.step, s.adam_step) for s in init if s is not None}
+        if len(steps) > 1:
+            raise ValueError(f"cohort.init: states at different steps {sorted(steps)} (members share one step)")
+        self.step, self.adam_step = steps.pop() if steps else (0, 0)
+        self.start_step = self.step
+        self.members = list(members)
+        self.records: dict[str, dict] = {}
+        self.retired: dict[str, MemberState] = {}
+        rows = []
+        for m, s in zip(members, init):
+            rec = _new_record(m, self.step)
+            if s is None:
+                rows.append(self._fresh(m))
+            else:
+                self._check_compatible(s, m)
+                rows.append((s.params, s.exp_avg, s.exp_avg_sq, s.train_idx))
+                src = s.record or {}
+                for k in INHERITED:
+                    rec[k] = src.get(k)
+                rec["fork_from"], rec["fork_step"] = s.member.key, s.step
+            self.records[m.key] = rec
+        dev, dt = self.device, self.dtype
+        self.P = {n: torch.stack([r[0][n] for r in rows]).to(dev, dt).contiguous() for n in self.names}
+        self.m1 = {n: torch.stack([r[1][n] for r in rows]).to(dev, dt).contiguous() for n in self.names}
+        self.m2 = {n: torch.stack([r[2][n] for r in rows]).to(dev, dt).contiguous() for n in self.names}
+        self.train_idx = torch.stack([r[3] for r in rows]).to(dev)
+        self.clamp = levers.Clamp(members, self.matrices, self.model.alloc_layers, self.start_step, dev)
+        self._rebuild()
+
+    # ---- construction helpers -------------------------------------------------------------------
+    def _setup(self, cfg: CohortConfig) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.dtype = levers.DTYPES[cfg.precision]
+        self.model = models.build(cfg)
+        self.task = tasks.make_task(cfg.p, cfg.op)
+        self.labels = self.task.labels.clamp(min=0).to(self.device)
+        self.valid = self.task.valid.to(self.device)
+        self.names = [s.name for s in self.model.specs]
+        self.matrices = [s.name for s in self.model.specs if s.matrix]
+        self.decay = [s.matrix for s in self.model.specs]
+        self.opt = AdamW(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+
+    def _fresh(self, m: MemberConfig):
+        gen = torch.Generator().manual_seed(m.seed)
+        train_idx = tasks.split(self.task, self.cfg.train_fraction, gen)  # split first, then the init
+        params = models.init_member(self.model.specs, gen, self.dtype)
+        zeros = {n: torch.zeros_like(t) for n, t in params.items()}
+        return params, zeros, {n: t.clone() for n, t in zeros.items()}, train_idx
+
+    def _check_compatible(self, s: MemberState, m: MemberConfig) -> None:
+        for k in SHAPE_KEYS:
+            if getattr(s.cohort, k) != getattr(self.cfg, k):
+                raise ValueError(f"cohort.init[{m.key}]: state of {s.member.key!r} has {k}="
+                                 f"{getattr(s.cohort, k)!r}, this cohort {getattr(self.cfg, k)!r}")
+
+    def _rebuild(self) -> None:
+        """Derived per-member tensors; after construction and after every compaction."""
+        M = len(self.members)
+        self.tau = torch.tensor([m.tau for m in self.members], dtype=self.dtype, device=self.device)
+        self.inv_tau = 1.0 / self.tau
+        n = self.cfg.p * self.cfg.p
+        self.train_mask = torch.zeros(M, n, dtype=torch.bool, device=self.device)
+        self.train_mask.scatter_(1, self.train_idx, True)
+        self.test_mask = self.valid.unsqueeze(0) & ~self.train_mask
+        N = self.train_idx.shape[1]
+        chunk = max(1, min(M, TRAIN_BLOCK // (N * self.model.work_per_member)))
+        self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.table_rows)
+        self.G = {k: torch.empty_like(v) for k, v in self.P.items()}
+
+    # ---- the step -------------------------------------------------------------------------------
+    def _sq(self) -> torch.Tensor:
+        """Squared Frobenius norm of every matrix of every member: (M, L), in working precision."""
+        return torch.stack([t.reshape(t.shape[0], -1).pow(2).sum(1) for t in (self.P[n] for n in self.matrices)], 1)
+
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step (+ clamp) of every active member; returns the per-member loss before it."""
+        t = self.step + 1
+        if bool(((self.clamp.first == t) & (self.clamp.kind > 0)).any()):
+            for i in self.clamp.resolve(t, self.members, self._sq()):
+                rec = self.records[self.members[i].key]
+                rec["N0"], rec["target"] = float(self.clamp.N0[i]), float(self.clamp.target[i])
+        loss = torch.empty(len(self.members), dtype=self.dtype, device=self.device)
+        for b in self.batches:
+            sl = slice(b.s, b.e)
+            loss[sl] = self.model.loss_grads({k: v[sl] for k, v in self.P.items()},
+                                             {k: v[sl] for k, v in self.G.items()}, b, self.inv_tau[sl], self.cfg.loss)
+        self.adam_step += 1
+        self.opt.step(list(self.P.values()), list(self.G.values()), list(self.m1.values()),
+                      list(self.m2.values()), self.decay, self.adam_step)
+        self.step = t
+        if bool(((self.clamp.first <= t) & (self.clamp.kind > 0)).any()):
+            self.clamp.apply(t, self.P, self._sq())
+        return loss
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, torch.Tensor]:
+        """Metrics of every active member over all p^2 pairs (PAPER.md definitions), chunked.
+
+        acc, loss over each split; logit_scale = mean over all pairs of |z / tau|; sc_frac = share of
+        training pairs whose correct-class probability is exactly 1 in working precision; saturated =
+        share of training pairs with max probability > 0.999. Per-layer norms from the parameters.
+        """
+        M, p, dev = len(self.members), self.cfg.p, self.device
+        acc = {k: torch.zeros(M, dtype=torch.float64, device=dev) for k in
+               ("train_hit", "test_hit", "train_loss", "test_loss", "lsum", "sc", "sat")}
+        width = self.model.work_per_member
+        for b in self.batches:
+            sl = slice(b.s, b.e)
+            c = b.e - b.s
+            Pc = {k: v[sl] for k, v in self.P.items()}
+            T = self.model.tables(Pc)
+            r = max(1, min(p, EVAL_BLOCK // (c * p * width)))
+            inv = self.inv_tau[sl].view(-1, 1, 1)
+            for a0 in range(0, p, r):
+                rows = slice(a0, min(p, a0 + r))
+                z = self.model.grid_logits(Pc, rows, T)  # (c, r * p, p)
+                pairs = slice(rows.start * p, rows.stop * p)
+                y = self.labels[pairs].view(1, -1, 1).expand(c, -1, 1)
+                tm, vm = self.train_mask[sl, pairs], self.test_mask[sl, pairs]
+                s = z * inv
+                hit = s.argmax(-1) == y.squeeze(-1)
+                acc["train_hit"][sl] += (hit & tm).sum(1)
+                acc["test_hit"][sl] += (hit & vm).sum(1)
+                acc["lsum"][sl] += (s.norm(dim=-1).double() * self.valid[pairs]).sum(1)
+                if self.cfg.loss == "ce":
+                    per = torch.logsumexp(s, -1) - s.gather(-1, y).squeeze(-1)
+                else:
+                    per = (s - torch.nn.functional.one_hot(y.squeeze(-1), p).to(s.dtype)).pow(2).sum(-1)
+                per = per.double()
+                acc["train_loss"][sl] += torch.where(tm, per, 0.0).sum(1)
+                acc["test_loss"][sl] += torch.where(vm, per, 0.0).sum(1)
+                prob = torch.softmax(s, -1)
+                acc["sc"][sl] += ((prob.gather(-1, y).squeeze(-1) == 1.0) & tm).sum(1)
+                acc["sat"][sl] += ((prob.amax(-1) > 0.999) & tm).sum(1)
+        n_train = self.train_idx.shape[1]
+        n_test = self.task.n_pairs - n_train
+        sq = self._sq().double()
+        out = {"train/acc": acc["train_hit"] / n_train, "test/acc": acc["test_hit"] / n_test,
+               "train/loss": acc["train_loss"] / n_train, "test/loss": acc["test_loss"] / n_test,
+               "norm/total": sq.sum(1).sqrt(),
+               "logit/scale": acc["lsum"] / self.task.n_pairs,
+               "softmax/collapse": acc["sc"] / n_train, "softmax/saturated": acc["sat"] / n_train}
+        for j, n in enumerate(self.matrices):
+            out[f"norm/{n}"] = sq[:, j].sqrt()
+        return out
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, until: int | None = None, stop: Callable[["Cohort"], bool] | None = None,
+            on_log: Callable | None = None, checkpoint_every: int | None = None,
+            on_checkpoint: Callable[["Cohort"], None] | None = None) -> None:
+        """Train until every member retired, or step == until, or stop(cohort) is True at an eval step.
+
+        on_log(cohort, step, rows): rows = {member key: {curve key: value}} logged at that step
+        (non-finite values left out). on_checkpoint(cohort) every `checkpoint_every` steps.
+        Call again to continue.
+        """
+        cfg = self.cfg
+        while self.members and (until is None or self.step < until):
+            loss = self._train_step()
+            t = self.step
+            bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
+            is_eval = t % cfg.eval_every == 0
+            is_log = t % cfg.log_every == 0 or t == self.start_step + 1
+            ev = self._evaluate() if (is_eval or is_log) else None
+            if is_eval:
+                bad += (~torch.isfinite(ev["norm/total"])).nonzero().flatten().tolist()
+                self._detect(t, ev)
+            for i in set(bad):
+                self.records[self.members[i].key]["diverged"] = True
+            due = [i for i, m in enumerate(self.members) if self._reason(m, t)]
+            if due and ev is None:
+                ev = self._evaluate()
+            if is_log or due:
+                rows = self._log(t, ev, range(len(self.members)) if is_log else due)
+                if on_log is not None and rows:
+                    on_log(self, t, rows)
+            if due:
+                self._retire(due, t)
+            if checkpoint_every and on_checkpoint is not None and t % checkpoint_every == 0:
+                on_checkpoint(self)
+            if stop is not None and is_eval and stop(self):
+                break
+
+    def _detect(self, t: int, ev: dict) -> None:
+        tr, te = ev["train/acc"].tolist(), ev["test/acc"].tolist()
+        for i, m in enumerate(self.members):
+            rec = self.records[m.key]
+            rec["evals"].append((t, tr[i], te[i]))
+            if rec["t_mem"] is None and tr[i] >= self.cfg.mem_threshold:
+                rec["t_mem"] = t
+            if rec["t_grok"] is None and te[i] >= self.cfg.grok_threshold:
+                rec["t_grok"] = t
+                rec["logit_scale_at_grok"] = float(ev["logit/scale"][i])
+                rec["weight_norm_at_grok"] = float(ev["norm/total"][i])
+
+    def _reason(self, m: MemberConfig, t: int) -> str | None:
+        rec = self.records[m.key]
+        if rec["diverged"]:
+            return "diverged"
+        if rec["t_grok"] is not None and t >= rec["t_grok"] + m.margin:
+            return "grokked"
+        if t >= m.budget:
+            return "budget"
+        return None
+
+    def _log(self, t: int, ev: dict, which) -> dict[str, dict[str, float]]:
+        cols = {k: v.tolist() for k, v in ev.items()}
+        rows = {}
+        for i in which:
+            rec = self.records[self.members[i].key]
+            row = {k: v[i] for k, v in cols.items() if math.isfinite(v[i])}
+            for k, v in row.items():
+                series = rec["curves"].setdefault(k, [])
+                if not series or series[-1][0] != t:
+                    series.append((t, v))
+            rows[self.members[i].key] = row
+        return rows
+
+    def _retire(self, due: list[int], t: int) -> None:
+        for i in due:
+            m = self.members[i]
+            rec = self.records[m.key]
+            rec["retire_reason"] = self._reason(m, t)
+            rec["final_step"] = rec["retired_at"] = t
+            self.retired[m.key] = self._member_row(i)
+        keep = [i for i in range(len(self.members)) if i not in set(due)]
+        self._select(keep)
+
+    def _select(self, keep: list[int]) -> None:
+        """Compaction: keep only these rows of every per-member tensor."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for d in (self.P, self.m1, self.m2):
+            for k in d:
+                d[k] = d[k].index_select(0, idx)
+        self.train_idx = self.train_idx.index_select(0, idx)
+        self.clamp.select(idx)
+        self.members = [self.members[i] for i in keep]
+        self._rebuild()
+
+    def _member_row(self, i: int) -> MemberState:
+        m = self.members[i]
+        return MemberState(member=copy.deepcopy(m), cohort=copy.deepcopy(self.cfg), step=self.step,
+                           adam_step=self.adam_step,
+                           params={k: v[i].clone() for k, v in self.P.items()},
+                           exp_avg={k: v[i].clone() for k, v in self.m1.items()},
+                           exp_avg_sq={k: v[i].clone() for k, v in self.m2.items()},
+                           train_idx=self.train_idx[i].clone(), record=copy.deepcopy(self.records[m.key]))
+
+    # ---- public reading API ----------------------------------------------------------------------
+    @property
+    def active(self) -> list[str]:
+        return [m.key for m in self.members]
+
+    @property
+    def done(self) -> bool:
+        return not self.members
+
+    def member_state(self, key: str) -> MemberState:
+        """One member's snapshot (active: its current state; retired: its final state)."""
+        for i, m in enumerate(self.members):
+            if m.key == key:
+                return self._member_row(i)
+        if key in self.retired:
+            return copy.deepcopy(self.retired[key])
+        raise KeyError(f"cohort: no member {key!r}")
+
+    def results(self) -> list[dict]:
+        """Per member (construction order): summary metrics and status."""
+        out = []
+        for key, rec in self.records.items():
+            tm, tg = rec["t_mem"], rec["t_grok"]
+            out.append({"key": key, "seed": rec["seed"], "t_mem": tm, "t_grok": tg,
+                        "delay": tg - tm if tm is not None and tg is not None else None,
+                        "grokked": tg is not None, "diverged": rec["diverged"],
+                        "logit_scale_at_grok": rec["logit_scale_at_grok"],
+                        "weight_norm_at_grok": rec["weight_norm_at_grok"], "N0": rec["N0"],
+                        "target": rec["target"], "final_step": rec["final_step"] or self.step,
+                        "retired_at": rec["retired_at"], "retire_reason": rec["retire_reason"],
+                        "start_step": rec["start_step"], "fork_from": rec["fork_from"],
+                        "fork_step": rec["fork_step"]})
+        return out
+
+    def curves(self, key: str) -> dict[str, list[tuple[int, float]]]:
+        """Curves (MLflow keys) at the log cadence: {key: [(step, value), ...]}."""
+        return copy.deepcopy(self._record(key)["curves"])
+
+    def evals(self, key: str) -> list[tuple[int, float, float]]:
+        """Every evaluation: [(step, train acc, test acc), ...] at the eval cadence."""
+        return list(self._record(key)["evals"])
+
+    def _record(self, key: str) -> dict:
+        if key not in self.records:
+            raise KeyError(f"cohort: no member {key!r}")
+        return self.records[key]
+
+    # ---- snapshots -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Complete state (plain tensors and python data, torch.save-able) for a bit-identical resume."""
+        clone = lambda d: {k: v.clone() for k, v in d.items()}  # noqa: E731
+        return {"format": FORMAT, "cfg": asdict(self.cfg), "step": self.step, "start_step": self.start_step,
+                "adam_step": self.adam_step, "members": [asdict(m) for m in self.members],
+                "params": clone(self.P), "exp_avg": clone(self.m1), "exp_avg_sq": clone(self.m2),
+                "train_idx": self.train_idx.clone(), "clamp": clone(self.clamp.state_dict()),
+                "records": copy.deepcopy(self.records),
+                "retired": {k: v.to_dict() for k, v in copy.deepcopy(self.retired).items()},
+                "torch_threads": torch.get_num_threads()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Cohort":
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"cohort state: not a {FORMAT} state (format={state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+        self = cls.__new__(cls)
+        known = {f.name for f in fields(CohortConfig)}
+        self._setup(CohortConfig(**{k: v for k, v in state["cfg"].items() if k in known}))
+        self.step, self.start_step, self.adam_step = state["step"], state["start_step"], state["adam_step"]
+        self.members = [MemberConfig(**m) for m in state["members"]]
+        dev = self.device
+        self.P = {k: v.clone().to(dev) for k, v in state["params"].items()}
+        self.m1 = {k: v.clone().to(dev) for k, v in state["exp_avg"].items()}
+        self.m2 = {k: v.clone().to(dev) for k, v in state["exp_avg_sq"].items()}
+        self.train_idx = state["train_idx"].clone().to(dev)
+        self.clamp = levers.Clamp(self.members, self.matrices, self.model.alloc_layers, self.start_step, dev)
+        self.clamp.load({k: v.clone().to(dev) for k, v in state["clamp"].items()})
+        self.records = copy.deepcopy(state["records"])
+        self.retired = {k: MemberState.from_dict(v) for k, v in copy.deepcopy(state["retired"]).items()}
+        self._rebuild()
+        return self

@@ -1,0 +1,141 @@
+"""The paper's levers, with per-member values so one cohort mixes arms (PAPER.md).
+
+- temperature tau: logits / tau before the loss; fixed, not a parameter, not in the norm.
+- loss: "ce" (cross-entropy) or "mse" (sum over classes of (z/tau - onehot)^2, mean over examples).
+- precision: float32 | float64 for the whole cohort.
+- Clamp: after every optimizer step t >= t_int, rescale the weight matrices of each clamped member
+  (one scalar per member) so that weight_norm equals its target: absolute, or rho * N0 (N0 = the
+  member's own weight_norm entering its first clamped step, i.e. at t_int - 1, or at the fork when it
+  was forked later than that). The allocation clamp holds every layer at its own target instead.
+
+Allocation (gamma): base per-layer norms b_l (the free control's allocation, MemberConfig.alloc_base;
+default: the member's own allocation entering its first clamped step) are scaled so that the total is
+the target T, giving B_l. Then squared norm moves between the embedding and the readout at fixed total:
+    |W_read|^2 = (1 + gamma) B_read^2,    |E|^2 = B_E^2 - gamma B_read^2,    other layers B_l,
+(read = W2 for the MLP, W_U for the transformer). This reproduces the released alloc/ cells exactly
+(e.g. p=59: |E|^2 falls by 0.3 * B_W2^2 from gamma 0 to 0.3, |W1| stays 43.80).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LOSSES = ("ce", "mse")
+CLAMPS = ("none", "absolute", "n0", "alloc")
+
+
+def _scaled(z: torch.Tensor, inv_tau: torch.Tensor) -> torch.Tensor:
+    return z * inv_tau.view(-1, *([1] * (z.dim() - 1)))
+
+
+def loss_values(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-member loss (c,) of logits z (c, N, p) with labels y (c, N, 1); differentiable."""
+    s = _scaled(z, inv_tau)
+    if kind == "ce":
+        return -torch.log_softmax(s, -1).gather(-1, y).squeeze(-1).mean(1)
+    return (s - F.one_hot(y.squeeze(-1), s.shape[-1]).to(s.dtype)).pow(2).sum(-1).mean(1)
+
+
+def loss_and_dlogits(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, kind: str
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member loss (c,) and d loss / d z (c, N, p), written over z's storage (z is consumed)."""
+    n = z.shape[1]
+    inv = inv_tau.view(-1, 1, 1)
+    s = z.mul_(inv)
+    minus_one = torch.full((1, 1, 1), -1.0, dtype=z.dtype, device=z.device).expand_as(y)
+    if kind == "ce":
+        lsm = torch.log_softmax(s, -1)
+        value = -lsm.gather(-1, y).squeeze(-1).mean(1)
+        g = lsm.exp_().scatter_add_(-1, y, minus_one)  # softmax - onehot
+        return value, g.mul_(inv / n)
+    r = s.scatter_add_(-1, y, minus_one)  # z/tau - onehot
+    value = r.pow(2).sum(-1).mean(1)
+    return value, r.mul_(inv * (2.0 / n))
+
+
+def alloc_targets(base: list[float], total: float, gamma: float, i_embed: int, i_read: int) -> list[float]:
+    """Per-layer targets (see module doc); base: per-matrix norms; raises if gamma empties a layer."""
+    scale = total / math.sqrt(sum(b * b for b in base))
+    B = [b * scale for b in base]
+    sq = [x * x for x in B]
+    sq[i_read] = (1.0 + gamma) * B[i_read] ** 2
+    sq[i_embed] = B[i_embed] ** 2 - gamma * B[i_read] ** 2
+    if min(sq) <= 0:
+        raise ValueError(f"gamma={gamma} leaves a layer with no norm (squared targets {sq})")
+    return [math.sqrt(x) for x in sq]
+
+
+class Clamp:
+    """Per-member clamp state; vectors over the cohort's active members (compacted with them).
+
+    kind: 0 none, 1 total weight_norm, 2 per-layer allocation. target: total target (NaN until resolved);
+    layer_target (M, L): per-matrix targets (alloc). first: first step at which the clamp acts.
+    """
+
+    def __init__(self, members, matrices: list[str], alloc_layers: tuple[str, str], start_step: int,
+                 device: torch.device):
+        self.matrices, self.alloc_layers = matrices, alloc_layers
+        M, L = len(members), len(matrices)
+        self.kind = torch.tensor([{"none": 0, "absolute": 1, "n0": 1, "alloc": 2}[m.clamp] for m in members],
+                                 dtype=torch.long, device=device)
+        self.first = torch.tensor([max(m.t_int, start_step + 1) for m in members], dtype=torch.long, device=device)
+        nan = float("nan")
+        self.target = torch.tensor([m.target if m.clamp == "absolute" and m.target is not None else nan
+                                    for m in members], dtype=torch.float64, device=device)
+        self.N0 = torch.full((M,), nan, dtype=torch.float64, device=device)
+        self.layer_target = torch.full((M, L), nan, dtype=torch.float64, device=device)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("kind", "first", "target", "N0", "layer_target")}
+
+    def load(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def select(self, keep: torch.Tensor) -> None:
+        for k in ("kind", "first", "target", "N0", "layer_target"):
+            setattr(self, k, getattr(self, k).index_select(0, keep))
+
+    def resolve(self, step: int, members, sq: torch.Tensor) -> list[int]:
+        """Fix N0 and targets of members whose first clamped step is `step`.
+
+        sq (M, L): squared per-matrix norms entering this step. Returns the rows resolved now.
+        """
+        rows = ((self.first == step) & (self.kind > 0)).nonzero().flatten().tolist()
+        for i in rows:
+            m = members[i]
+            layer = sq[i].double().sqrt().tolist()
+            n0 = math.sqrt(sum(x * x for x in layer))
+            self.N0[i] = n0
+            total = m.target if m.target is not None and m.clamp in ("absolute", "alloc") else m.rho * n0
+            self.target[i] = total
+            if m.clamp == "alloc":
+                base = [m.alloc_base[n] for n in self.matrices] if m.alloc_base else layer
+                ie, ir = (self.matrices.index(n) for n in self.alloc_layers)
+                try:
+                    self.layer_target[i] = torch.tensor(alloc_targets(base, total, m.gamma, ie, ir),
+                                                        dtype=torch.float64)
+                except ValueError as err:
+                    raise ValueError(f"member {m.key}: {err}") from None
+        return rows
+
+    def apply(self, step: int, P: dict[str, torch.Tensor], sq: torch.Tensor) -> None:
+        """Rescale clamped members' matrices in place; sq (M, L): squared per-matrix norms after the step.
+
+        Unclamped members are multiplied by exactly 1 (a bitwise no-op).
+        """
+        on = (self.first <= step) & (self.kind > 0)
+        if not bool(on.any()):
+            return
+        dtype = sq.dtype
+        total = sq.sum(1).sqrt()
+        scale_total = self.target.to(dtype) / total
+        scale_layer = self.layer_target.to(dtype) / sq.sqrt()
+        scale = torch.where((self.kind == 2).unsqueeze(1), scale_layer, scale_total.unsqueeze(1))
+        scale = torch.where(on.unsqueeze(1), scale, torch.ones_like(scale))
+        for j, name in enumerate(self.matrices):
+            t = P[name]
+            t.mul_(scale[:, j].view(-1, *([1] * (t.dim() - 1))))

@@ -1,0 +1,269 @@
+"""The paper's models, batched over a leading member dimension (PAPER.md, "Setup").
+
+Every parameter tensor is (M, *shape): member m's weights are row m. Inputs are pairs (a, b) of tokens,
+so the first layer is exactly two per-token lookups: for the MLP, concat(E[a], E[b]) @ W1 equals
+(E @ W1a)[a] + (E @ W1b)[b] with W1a, W1b the halves of W1 that read the a- and b-embedding; for the
+transformer, everything before the mixing at "=" is a function of one token. Tables over the p tokens
+replace the (N x 2d) @ W1 product (the MLP's largest FLOP cost) and are gathered with flat indices.
+
+Init: every matrix N(0, 1) / sqrt(fan_in) with fan_in its input dimension (rows); for the embeddings
+(E, pos) that is the embedding width, which reproduces the released step-1 norms (|E| ~ sqrt(p)).
+Biases (and LayerNorm shifts) zero, LayerNorm gains one. Matrices come first in `specs`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import levers
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    shape: tuple[int, ...]
+    matrix: bool  # in weight_norm, weight-decayed and clamped; vectors (biases, LN) are none of those
+    init: str  # "normal" (N(0,1)/sqrt(shape[0])), "zeros", "ones"
+
+
+def init_member(specs: list[ParamSpec], gen: torch.Generator, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One member's parameters, drawn in `specs` order from the member's generator (float64, then cast)."""
+    out = {}
+    for s in specs:
+        if s.init == "normal":
+            t = torch.randn(s.shape, generator=gen, dtype=torch.float64) / math.sqrt(s.shape[0])
+        elif s.init == "zeros":
+            t = torch.zeros(s.shape, dtype=torch.float64)
+        else:
+            t = torch.ones(s.shape, dtype=torch.float64)
+        out[s.name] = t.to(dtype)
+    return out
+
+
+@dataclass
+class Batch:
+    """Training pairs of a group of members (rows s:e of the cohort), as flat gather indices."""
+    s: int
+    e: int
+    a: torch.Tensor  # (c, N) member-local token ids
+    b: torch.Tensor
+    y: torch.Tensor  # (c, N, 1) labels
+    ia: torch.Tensor  # (c * N,) rows of the group's stacked [E@W1a; E@W1b] table (MLP) or E table
+    ib: torch.Tensor
+    iab: torch.Tensor  # (c * N, 2) both, for embedding_bag
+
+
+def make_batches(train_idx: torch.Tensor, labels: torch.Tensor, p: int, chunk: int, rows_per_member: int
+                 ) -> list[Batch]:
+    """Split members into groups of `chunk` (cache-sized work) and precompute their gather indices.
+
+    `rows_per_member` is the table height per member: 2p for the MLP's [Pa; Pb] table (b rows offset
+    by p), p for a plain token table.
+    """
+    out = []
+    M = train_idx.shape[0]
+    b_off = p if rows_per_member == 2 * p else 0
+    for s in range(0, M, chunk):
+        e = min(M, s + chunk)
+        idx = train_idx[s:e]
+        a, b = idx // p, idx % p
+        off = (torch.arange(e - s, device=idx.device) * rows_per_member)[:, None]
+        ia = (a + off).reshape(-1)
+        ib = (b + b_off + off).reshape(-1)
+        out.append(Batch(s, e, a, b, labels[idx].unsqueeze(-1), ia, ib, torch.stack([ia, ib], 1)))
+    return out
+
+
+class MLP:
+    """E (p x d_embed) shared by both operands; concat -> W1 + b1 -> GeLU -> W2 + b2 (PAPER.md)."""
+
+    kind = "mlp"
+
+    def __init__(self, p: int, d_embed: int = 128, d_hidden: int = 256):
+        self.p, self.d, self.H = p, d_embed, d_hidden
+        self.specs = [
+            ParamSpec("E", (p, d_embed), True, "normal"),
+            ParamSpec("W1", (2 * d_embed, d_hidden), True, "normal"),
+            ParamSpec("W2", (d_hidden, p), True, "normal"),
+            ParamSpec("b1", (d_hidden,), False, "zeros"),
+            ParamSpec("b2", (p,), False, "zeros"),
+        ]
+        self.alloc_layers = ("E", "W2")  # the layers the allocation clamp trades norm between
+        self.table_rows = 2 * p
+        self.work_per_member = d_hidden  # width of the (N x width) activations, for chunk sizing
+
+    def tables(self, P: dict) -> torch.Tensor:
+        """[E @ W1a + b1 ; E @ W1b] per member: (c, 2p, H). The a-rows carry b1."""
+        E, W1, b1 = P["E"], P["W1"], P["b1"]
+        return torch.cat([torch.baddbmm(b1.unsqueeze(1), E, W1[:, : self.d]), torch.bmm(E, W1[:, self.d:])], 1)
+
+    def forward(self, P: dict, batch: Batch) -> torch.Tensor:
+        """Logits (c, N, p) of the batch's training pairs; differentiable (tests, reference)."""
+        T = self.tables(P).reshape(-1, self.H)
+        pre = (T.index_select(0, batch.ia) + T.index_select(0, batch.ib)).view(batch.e - batch.s, -1, self.H)
+        return torch.baddbmm(P["b2"].unsqueeze(1), F.gelu(pre), P["W2"])
+
+    def loss_grads(self, P: dict, G: dict, batch: Batch, inv_tau: torch.Tensor, loss: str) -> torch.Tensor:
+        """Loss (c,) of the batch's members on their training pairs; writes d loss / d param into G.
+
+        P, G: the group's rows (views). Hand-written backward: the first layer needs only the per-token
+        table gradients, scattered with index_add_.
+        """
+        c, p, H, d = batch.e - batch.s, self.p, self.H, self.d
+        E, W1, W2 = P["E"], P["W1"], P["W2"]
+        T = self.tables(P)
+        pre = F.embedding_bag(batch.iab, T.view(-1, H), mode="sum").view(c, -1, H)
+        h = F.gelu(pre)
+        z = torch.baddbmm(P["b2"].unsqueeze(1), h, W2)
+        value, dz = levers.loss_and_dlogits(z, batch.y, inv_tau, loss)
+        torch.bmm(h.transpose(1, 2), dz, out=G["W2"])
+        torch.sum(dz, 1, out=G["b2"])
+        dh = torch.bmm(dz, W2.transpose(1, 2))
+        dpre = torch.ops.aten.gelu_backward(dh, pre)
+        torch.sum(dpre, 1, out=G["b1"])
+        flat = dpre.view(-1, H)
+        dT = torch.zeros(c * 2 * p, H, dtype=flat.dtype, device=flat.device)
+        dT.index_add_(0, batch.ia, flat).index_add_(0, batch.ib, flat)
+        dT = dT.view(c, 2 * p, H)
+        dPa, dPb = dT[:, :p], dT[:, p:]
+        torch.bmm(dPa, W1[:, :d].transpose(1, 2), out=G["E"])
+        G["E"].baddbmm_(dPb, W1[:, d:].transpose(1, 2))
+        Et = E.transpose(1, 2)
+        G["W1"][:, :d] = torch.bmm(Et, dPa)
+        G["W1"][:, d:] = torch.bmm(Et, dPb)
+        return value
+
+    def grid_logits(self, P: dict, rows: slice, T: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (c, r * p, p) of all pairs (a, b) with a in `rows` (a slice); no index tensors.
+
+        T: the group's tables, when the caller evaluates several row blocks.
+        """
+        T = self.tables(P) if T is None else T
+        pre = T[:, rows].unsqueeze(2) + T[:, self.p:].unsqueeze(1)  # (c, r, p, H)
+        c, r = pre.shape[0], pre.shape[1]
+        return torch.baddbmm(P["b2"].unsqueeze(1), F.gelu(pre).view(c, r * self.p, self.H), P["W2"])
+
+    def naive_logits(self, P1: dict, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Textbook forward of ONE member (params without the member dim): concat -> W1 -> GeLU -> W2."""
+        x = torch.cat([P1["E"][a], P1["E"][b]], -1)
+        return F.gelu(x @ P1["W1"] + P1["b1"]) @ P1["W2"] + P1["b2"]
+
+
+class Transformer:
+    """1 layer, tokens [a, b, =], n_heads heads, learned positions, MLP d_mlp GeLU, readout at "=".
+
+    No biases anywhere (PAPER.md's no-LayerNorm model); with `layernorm` a pre-LN block (LN before
+    attention, before the MLP and before the unembedding) whose gains/shifts are vectors, so outside
+    weight_norm, weight decay and the clamp. The clamp covers every matrix: E, pos, W_Q, W_K, W_V, W_O,
+    W_in, W_out, W_U. The vocabulary is the p residues plus "=" (token id p).
+    """
+
+    kind = "transformer"
+
+    def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512, layernorm: bool = True):
+        if d_model % n_heads:
+            raise ValueError(f"model.d_model: {d_model} is not divisible by n_heads {n_heads}")
+        self.p, self.d, self.nh, self.dh, self.d_mlp, self.ln = p, d_model, n_heads, d_model // n_heads, d_mlp, layernorm
+        d = d_model
+        self.specs = [
+            ParamSpec("E", (p + 1, d), True, "normal"),
+            ParamSpec("pos", (3, d), True, "normal"),
+            ParamSpec("W_Q", (d, d), True, "normal"),
+            ParamSpec("W_K", (d, d), True, "normal"),
+            ParamSpec("W_V", (d, d), True, "normal"),
+            ParamSpec("W_O", (d, d), True, "normal"),
+            ParamSpec("W_in", (d, d_mlp), True, "normal"),
+            ParamSpec("W_out", (d_mlp, d), True, "normal"),
+            ParamSpec("W_U", (d, p), True, "normal"),
+        ]
+        if layernorm:
+            for n in ("ln1", "ln2", "lnf"):
+                self.specs += [ParamSpec(f"{n}_g", (d,), False, "ones"), ParamSpec(f"{n}_b", (d,), False, "zeros")]
+        self.alloc_layers = ("E", "W_U")
+        self.table_rows = p
+        self.work_per_member = d_mlp
+
+    def _ln(self, P: dict, name: str, x: torch.Tensor) -> torch.Tensor:
+        if not self.ln:
+            return x
+        g, b = P[f"{name}_g"], P[f"{name}_b"]
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.d,)
+        return F.layer_norm(x, (self.d,)) * g.view(shape) + b.view(shape)
+
+    def _pairs(self, P: dict, ia: torch.Tensor, ib: torch.Tensor, n: int) -> torch.Tensor:
+        """Logits (c, n, p) for pairs given as flat row indices into the (c * p) token tables."""
+        E, pos, WQ, WK, WV = P["E"], P["pos"], P["W_Q"], P["W_K"], P["W_V"]
+        c, p, nh, dh, d = E.shape[0], self.p, self.nh, self.dh, self.d
+        x_eq = E[:, p] + pos[:, 2]  # (c, d): the "=" position, the same for every pair
+        u0 = self._ln(P, "ln1", E[:, :p] + pos[:, 0:1])  # (c, p, d) position-0 token table
+        u1 = self._ln(P, "ln1", E[:, :p] + pos[:, 1:2])
+        u2 = self._ln(P, "ln1", x_eq.unsqueeze(1))  # (c, 1, d)
+        q = torch.bmm(u2, WQ).view(c, 1, nh, dh)
+        u01 = torch.cat([u0, u1, u2], 1)  # (c, 2p + 1, d)
+        k = torch.bmm(u01, WK).view(c, 2 * p + 1, nh, dh)
+        v = torch.bmm(u01, WV)
+        sc = (k * q).sum(-1) / math.sqrt(dh)  # (c, 2p + 1, nh) score of each token table row
+        sc_a = sc[:, :p].reshape(c * p, nh).index_select(0, ia).view(c, n, nh)
+        sc_b = sc[:, p: 2 * p].reshape(c * p, nh).index_select(0, ib).view(c, n, nh)
+        w = torch.softmax(torch.stack([sc_a, sc_b, sc[:, 2 * p:].expand(c, n, nh)], -1), -1)  # (c, n, nh, 3)
+        v_a = v[:, :p].reshape(c * p, d).index_select(0, ia).view(c, n, nh, dh)
+        v_b = v[:, p: 2 * p].reshape(c * p, d).index_select(0, ib).view(c, n, nh, dh)
+        v_eq = v[:, 2 * p:].view(c, 1, nh, dh)
+        att = w[..., 0:1] * v_a + w[..., 1:2] * v_b + w[..., 2:3] * v_eq
+        x = x_eq.unsqueeze(1) + torch.bmm(att.reshape(c, n, d), P["W_O"])
+        x = x + torch.bmm(F.gelu(torch.bmm(self._ln(P, "ln2", x), P["W_in"])), P["W_out"])
+        return torch.bmm(self._ln(P, "lnf", x), P["W_U"])
+
+    def tables(self, P: dict) -> None:
+        return None  # the transformer's eval gathers per chunk
+
+    def forward(self, P: dict, batch: Batch) -> torch.Tensor:
+        return self._pairs(P, batch.ia, batch.ib, batch.a.shape[1])
+
+    def loss_grads(self, P: dict, G: dict, batch: Batch, inv_tau: torch.Tensor, loss: str) -> torch.Tensor:
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in P.items()}
+            z = self._pairs(leaves, batch.ia, batch.ib, batch.a.shape[1])
+            value = levers.loss_values(z, batch.y, inv_tau, loss)
+            grads = torch.autograd.grad(value.sum(), list(leaves.values()))
+        for k, g in zip(leaves, grads):
+            G[k].copy_(g)
+        return value.detach()
+
+    def grid_logits(self, P: dict, rows: slice, T: None = None) -> torch.Tensor:
+        c, p = P["E"].shape[0], self.p
+        a = torch.arange(p, device=P["E"].device)[rows]
+        r = len(a)
+        off = (torch.arange(c, device=a.device) * p)[:, None]
+        ia = (a.repeat_interleave(p)[None] + off).reshape(-1)
+        ib = (torch.arange(p, device=a.device).repeat(r)[None] + off).reshape(-1)
+        return self._pairs(P, ia, ib, r * p)
+
+    def naive_logits(self, P1: dict, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Textbook forward of ONE member: full causal attention over [a, b, =], logits at "="."""
+        n, d, nh, dh = len(a), self.d, self.nh, self.dh
+        tok = torch.stack([a, b, torch.full_like(a, self.p)], 1)
+        x = P1["E"][tok] + P1["pos"]
+
+        def ln(name, t):
+            return F.layer_norm(t, (d,), P1[f"{name}_g"], P1[f"{name}_b"]) if self.ln else t
+
+        u = ln("ln1", x)
+        q, k, v = [(u @ P1[w]).view(n, 3, nh, dh).transpose(1, 2) for w in ("W_Q", "W_K", "W_V")]
+        mask = torch.ones(3, 3, dtype=torch.bool).tril()
+        att = (q @ k.transpose(-1, -2) / math.sqrt(dh)).masked_fill(~mask, float("-inf")).softmax(-1)
+        x = x + (att @ v).transpose(1, 2).reshape(n, 3, d) @ P1["W_O"]
+        x = x + F.gelu(ln("ln2", x) @ P1["W_in"]) @ P1["W_out"]
+        return ln("lnf", x)[:, 2] @ P1["W_U"]
+
+
+def build(cfg) -> MLP | Transformer:
+    """The model a CohortConfig names."""
+    if cfg.model == "mlp":
+        return MLP(cfg.p, cfg.d_embed, cfg.d_hidden)
+    if cfg.model in ("transformer", "transformer_noln"):
+        return Transformer(cfg.p, cfg.d_model, cfg.n_heads, cfg.d_mlp, layernorm=cfg.model == "transformer")
+    raise ValueError(f"cohort.model: unknown model {cfg.model!r} (expected mlp | transformer | transformer_noln)")

@@ -1,0 +1,135 @@
+"""tracking.recorder: idempotent run hierarchy, resume without duplicates, buffered batched logging."""
+import math
+import sqlite3
+
+import pytest
+from mlflow import MlflowClient
+
+from tracking.recorder import ParamConflict, Recorder
+from tracking.store import ensure_experiment, sqlite_path
+
+ARM_PARAMS = {"arm": "clamp_raised", "rho": 1.15, "tau": 1.0, "fork_from": None}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A migrated empty store made once (a fresh MLflow schema takes seconds); tests copy it."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('template') / 'mlflow.db'}"
+    ensure_experiment(uri, "warmup")
+    return sqlite_path(uri)
+
+
+@pytest.fixture
+def uri(template, tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    with sqlite3.connect(template) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    return f"sqlite:///{db}"
+
+
+def _hierarchy(rec, seed=3):
+    study = rec.run("study", "fork_study", tags={"study": "fork_study"}, description="a fork study")
+    arm = rec.run("arm", "clamp_raised", parent_id=study, params=ARM_PARAMS,
+                  tags={"study": "fork_study", "arm": "clamp_raised"}, description="clamp at 1.15 N0")
+    member = rec.run("member", f"clamp_raised seed={seed}", parent_id=arm, params={**ARM_PARAMS, "seed": seed},
+                     tags={"study": "fork_study", "arm": "clamp_raised", "seed": seed})
+    return study, arm, member
+
+
+def _curve(steps):
+    return {"train/acc": [(s, s / 1000) for s in steps], "logit/scale": [(s, 30 + s / 100) for s in steps]}
+
+
+def test_resumed_recorder_reuses_runs_and_never_logs_a_step_twice(uri):
+    rec = Recorder(uri, "fork_study")
+    ids = _hierarchy(rec)
+    rec.log_curves(ids[2], _curve(range(0, 2000, 200)))
+    rec.log_summary(ids[2], {"t_mem": 175, "t_grok": None, "delay": math.nan})
+    rec.flush()   # what the engine does before a snapshot; then the process "dies": nothing finished
+    del rec
+
+    rec = Recorder(uri, "fork_study")
+    assert _hierarchy(rec) == ids
+    assert rec.status(ids[2]) == "RUNNING"
+    rec.log_curves(ids[2], _curve(range(1000, 3000, 200)))   # overlaps steps 1000..1800
+    rec.log_summary(ids[2], {"t_mem": 175, "t_grok": 2400})
+    for run_id in reversed(ids):
+        rec.finish(run_id)
+    rec.close()
+
+    c = MlflowClient(uri)
+    runs = c.search_runs([rec.experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    for key in ("train/acc", "logit/scale"):
+        steps = [m.step for m in c.get_metric_history(ids[2], key)]
+        assert sorted(steps) == list(range(0, 3000, 200))
+    assert len(c.get_metric_history(ids[2], "t_mem")) == 1
+    assert [m.value for m in c.get_metric_history(ids[2], "t_grok")] == [2400]
+    assert "delay" not in c.get_run(ids[2]).data.metrics
+    member = c.get_run(ids[2])
+    assert member.info.run_name == "clamp_raised seed=3"
+    assert member.data.params == {"arm": "clamp_raised", "rho": "1.15", "tau": "1.0", "fork_from": "none",
+                                  "seed": "3"}
+    assert member.data.tags["mlflow.parentRunId"] == ids[1]
+    assert c.get_run(ids[1]).data.tags["mlflow.note.content"] == "clamp at 1.15 N0"
+
+
+def test_param_conflict_is_refused_and_same_value_is_a_noop(uri):
+    rec = Recorder(uri, "fork_study", background=False)
+    _, arm, _ = _hierarchy(rec)
+    rec.flush()
+    rec2 = Recorder(uri, "fork_study", background=False)
+    study = rec2.find("study", tags={"study": "fork_study"})
+    tags = {"study": "fork_study", "arm": "clamp_raised"}
+    assert rec2.run("arm", "clamp_raised", parent_id=study, params=ARM_PARAMS, tags=tags) == arm
+    with pytest.raises(ParamConflict, match=r"param 'tau' is stored as '1.0'.*'1.3'"):
+        rec2.run("arm", "clamp_raised", parent_id=study, params={**ARM_PARAMS, "tau": 1.3}, tags=tags)
+    rec2.flush()
+    assert MlflowClient(uri).get_run(arm).data.params["tau"] == "1.0"
+
+
+def test_curves_are_written_in_chunks_not_per_point(uri, monkeypatch):
+    rec = Recorder(uri, "bench", background=True, chunk=1000)
+    run_id = rec.run("member", "m seed=0", tags={"seed": 0})
+    calls = []
+    real = rec.client.log_batch
+    monkeypatch.setattr(rec.client, "log_batch", lambda rid, **kw: calls.append(len(kw.get("metrics", []))) or real(rid, **kw))
+    for step in range(500):   # 500 log steps x 5 keys, one call per step as a training loop would
+        rec.log_curves(run_id, {f"k{i}": [(step, step * i)] for i in range(5)})
+    rec.finish(run_id)
+    rec.close()
+    assert sum(calls) == 2500 and len(calls) <= 4, calls
+    assert len(MlflowClient(uri).get_metric_history(run_id, "k3")) == 500
+
+
+def test_artifacts_land_beside_the_db(uri):
+    rec = Recorder(uri, "fork_study", background=False)
+    study, _, _ = _hierarchy(rec)
+    rec.log_text(study, "study: fork_study\n", "study.yaml")
+    rec.log_text(study, "study: fork_study\n", "study.yaml")   # resume: same file again
+    rec.close()
+    files = list((sqlite_path(uri).parent / "artifacts" / "fork_study").rglob("study.yaml"))
+    assert len(files) == 1 and files[0].read_text() == "study: fork_study\n"
+
+
+def test_bulk_finished_runs_resume_without_duplicates(uri):
+    rec = Recorder(uri, "paper/x", background=False)
+    arm = rec.run("arm", "a", tags={"arm": "a"})
+    specs = [{"name": f"a seed={s}", "params": {"arm": "a", "seed": s}, "tags": {"arm": "a", "seed": s},
+              "metrics": {"t_grok": 100.0 * s if s else None, "grokked": float(s > 0)}} for s in range(4)]
+    ids = rec.add_finished_runs("member", arm, specs[:2])
+    rec.close()
+    rec = Recorder(uri, "paper/x", background=False)
+    arm2 = rec.run("arm", "a", tags={"arm": "a"})
+    ids2 = rec.add_finished_runs("member", arm2, specs)
+    rec.finish(arm2)
+    c = MlflowClient(uri)
+    assert arm2 == arm and ids2[:2] == ids and len(set(ids2)) == 4
+    runs = c.search_runs([rec.experiment_id], "tags.role = 'member'")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    by_seed = {r.data.tags["seed"]: r for r in runs}
+    assert by_seed["0"].data.metrics == {"grokked": 0.0}
+    assert by_seed["3"].data.metrics == {"t_grok": 300.0, "grokked": 1.0}
+    assert by_seed["2"].data.params == {"arm": "a", "seed": "2"}
+    assert len(c.get_metric_history(ids[1], "t_grok")) == 1

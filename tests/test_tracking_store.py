@@ -1,0 +1,69 @@
+"""tracking.store: URI resolution, unreachable stores refused without side effects, experiments."""
+import socket
+from pathlib import Path
+
+import pytest
+
+from tracking.store import StoreError, check_uri, ensure_experiment, resolve_uri, sqlite_path
+
+
+def test_resolve_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri() == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_uri() == "http://127.0.0.1:5000"
+    assert resolve_uri("sqlite:////x/y.db") == "sqlite:////x/y.db"
+    assert resolve_uri("store.db") == f"sqlite:///{tmp_path.resolve() / 'store.db'}"
+    assert sqlite_path("sqlite:////abs/m.db") == Path("/abs/m.db")
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_check_uri_refuses_unusable_stores_and_creates_nothing(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    (tmp_path / "a_folder.db").mkdir()
+    (tmp_path / "text.db").write_text("not sqlite")
+    before = _tree(tmp_path)
+    cases = {
+        f"sqlite:///{blocker}/mlruns/mlflow.db": "file where a folder should be",
+        f"sqlite:///{tmp_path}/a_folder.db": "is a folder",
+        f"sqlite:///{tmp_path}/text.db": "not a SQLite database",
+        "sqlite:////proc/mlruns/mlflow.db": "pseudo filesystem",
+        f"http://127.0.0.1:{_closed_port()}": "no MLflow server answered",
+        "ftp://example.org/store": "unsupported scheme",
+        str(tmp_path / "mlruns"): "file store",
+        "sqlite://": "in-memory",
+    }
+    for uri, reason in cases.items():
+        with pytest.raises(StoreError) as e:
+            check_uri(uri)
+        assert uri in str(e.value) and reason in str(e.value), str(e.value)
+    assert _tree(tmp_path) == before
+    assert not Path("/proc/mlruns").exists()
+    check_uri(f"sqlite:///{tmp_path}/new/deeper/mlflow.db")   # creatable: fine, still nothing made
+    assert _tree(tmp_path) == before
+
+
+def test_ensure_experiment_creates_store_quietly_with_artifacts_beside_db(tracking_uri, capfd):
+    from mlflow import MlflowClient
+    db = sqlite_path(tracking_uri)
+    assert not db.parent.exists()
+    eid = ensure_experiment(tracking_uri, "paper/dose")
+    assert db.is_file()
+    assert ensure_experiment(tracking_uri, "paper/dose") == eid
+    exp = MlflowClient(tracking_uri).get_experiment(eid)
+    assert exp.artifact_location == (db.parent / "artifacts" / "paper_dose").as_uri()
+    err = capfd.readouterr().err
+    assert "Creating initial MLflow database tables" not in err and "alembic" not in err, err

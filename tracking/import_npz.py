@@ -1,0 +1,311 @@
+"""Import the paper's published metrics (one .npz per cell) into MLflow: `paper/<folder>` experiments.
+
+    python -m tracking.import_npz DIR [--tracking-uri URI]
+
+DIR holds design folders (dose/, mediation/, ...) or is one design folder itself. Each folder becomes
+experiment `paper/<folder>`: one study run, one arm run per .npz (run name = file stem), one member run per
+seed, in the run schema the engine writes (shared/DESIGN.md). Importing again creates nothing: arms whose
+run is already FINISHED are skipped, a half-imported arm is completed. A file with missing fields,
+unexpected shapes or a broken archive is reported by name and skipped; the rest still imports; the exit
+status is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .recorder import Recorder
+from .store import StoreError, check_uri, resolve_uri
+
+CURVES = {"train_loss": "train/loss", "test_loss": "test/loss", "train_acc": "train/acc",
+          "test_acc": "test/acc", "weight_norm": "norm/total", "wn_E": "norm/E", "wn_W1": "norm/W1",
+          "wn_W2": "norm/W2", "logit_scale": "logit/scale", "sc_frac": "softmax/collapse",
+          "frac_saturated": "softmax/saturated", "structure": "misc/structure"}
+MODELS = {"mlp": "mlp", "tfnoln": "transformer_noln"}
+LOSSES = ("ce", "mse")
+# Param keys, identical on every arm and member run (members add `seed`); "none" where not defined.
+PARAM_KEYS = ("arm", "p", "model", "loss", "precision", "rho", "tau", "clamp", "gamma", "train_fraction",
+              "lr", "weight_decay", "t_int", "w_c", "budget", "eval_every", "fork_from", "fork_step",
+              "tau_source", "design")
+# file key -> param key, for config scalars copied as they are
+CONFIG = {"p": "p", "rho": "rho", "tau": "tau", "gamma": "gamma", "alpha": "train_fraction", "lr": "lr",
+          "lam": "weight_decay", "t_int": "t_int", "wc_used": "w_c", "max_steps": "budget",
+          "t_fork": "fork_step"}
+# Every released run was evaluated every 25 steps, in float32 (paper-metrics README; PAPER.md setup).
+RELEASE = {"eval_every": 25, "precision": "float32"}
+# Fields a design's files omit, filled only where the paper leaves no doubt:
+# dose clamps at rho x w_c with tau 1 and no allocation (README); the same-state fork is the main MLP/CE
+# setup with four clamp levels and no temperature or allocation (PAPER.md, "Same-state fork").
+DESIGN_DEFAULTS = {"dose": {"tau": 1.0, "gamma": 0.0},
+                   "samestate": {"tau": 1.0, "gamma": 0.0, "model": "mlp", "loss": "ce"}}
+PER_SEED = {"wn_at_grok": "weight_norm_at_grok", "N0": "N0", "target": "target",
+            "norm_before_int": "norm_before_int", "norm_after_int": "norm_after_int"}
+ARM_SCALARS = ("steps_run", "wall_s")   # run-level facts, logged as arm metrics
+SUMMARY_KEYS = ("t_mem", "t_grok", "delay", "grokked", "diverged", "weight_norm_at_grok", "N0", "target",
+                "norm_before_int", "norm_after_int")
+
+
+class BadFile(Exception):
+    """The .npz cannot be imported; the message says why."""
+
+
+@dataclass
+class Cell:
+    """One validated .npz: everything the runs need, nothing written yet."""
+    path: Path
+    params: dict
+    members: list[dict]                    # per seed: summary metrics (absent = not reached)
+    curves: dict[str, list[tuple[int, float]]]
+    arm_metrics: dict
+    description: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise BadFile(f"bad archive ({type(e).__name__}: {e})") from None
+
+
+def _scalar(d: dict, key: str):
+    a = d[key]
+    if a.shape != ():
+        raise BadFile(f"field {key!r}: expected a scalar, got shape {a.shape}")
+    return a.item()
+
+
+def _per_seed(d: dict, key: str, n: int | None) -> np.ndarray:
+    a = d[key]
+    if a.ndim != 1 or (n is not None and a.shape[0] != n):
+        want = f"({n},)" if n is not None else "(S,)"
+        raise BadFile(f"field {key!r}: expected shape {want} (one value per seed), got {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+        raise BadFile(f"field {key!r}: expected numbers, got dtype {a.dtype}")
+    return a
+
+
+def _times(d: dict, weights: dict | None, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    has = [k for k in ("T_mem_per_seed", "T_grok_per_seed") if k in d]
+    src = d
+    if len(has) < 2 and weights is not None:
+        src = weights
+        notes.append("per-seed times from the _weights.npz file")
+    missing = [k for k in ("T_mem_per_seed", "T_grok_per_seed") if k not in src]
+    if missing:
+        raise BadFile(f"missing field {missing[0]!r} (per-seed times)")
+    t_mem = _per_seed(src, "T_mem_per_seed", None)
+    t_grok = _per_seed(src, "T_grok_per_seed", len(t_mem))
+    if len(t_mem) == 0:
+        raise BadFile("no seeds (T_grok_per_seed is empty)")
+    return t_mem.astype(np.int64), t_grok.astype(np.int64)
+
+
+def _stem_token(stem: str, options) -> str | None:
+    tokens = stem.split("_")
+    return next((t for t in tokens if t in options), None)
+
+
+def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
+    """Validate one .npz and turn it into params, member summaries, seed-mean curves. Raises BadFile."""
+    d = _load(path)
+    notes: list[str] = []
+    w = _load(weights) if weights is not None else None
+    for key in ("p", "arm"):
+        if key not in d:
+            raise BadFile(f"missing field {key!r}")
+    t_mem, t_grok = _times(d, w, notes)
+    n = len(t_mem)
+    defaults = DESIGN_DEFAULTS.get(design, {})
+
+    params = {k: "none" for k in PARAM_KEYS}
+    params.update(RELEASE, arm=path.stem, design=design, clamp=str(_scalar(d, "arm")))
+    for src, dst in CONFIG.items():
+        if src in d:
+            params[dst] = _scalar(d, src)
+    p = params["p"]
+    if not isinstance(p, int) or p < 3:
+        raise BadFile(f"field 'p': expected an integer >= 3, got {p!r}")
+    if params["w_c"] == 0.0:   # the release writes 0 where no reference norm was used (free runs)
+        params["w_c"] = "none"
+    if params["fork_step"] != "none":
+        params["fork_from"] = "trunk"
+    arch = _scalar(d, "arch") if "arch" in d else _stem_token(path.stem, MODELS) or defaults.get("model")
+    if arch is not None and arch not in MODELS and arch not in MODELS.values():
+        raise BadFile(f"field 'arch': unknown architecture {arch!r} (known: {', '.join(MODELS)})")
+    params["model"] = MODELS.get(arch, arch) or "none"
+    loss = _scalar(d, "loss") if "loss" in d else _stem_token(path.stem, LOSSES) or defaults.get("loss")
+    if loss is not None and loss not in LOSSES:
+        raise BadFile(f"field 'loss': unknown loss {loss!r} (known: {', '.join(LOSSES)})")
+    params["loss"] = loss or "none"
+    for key in ("tau", "gamma"):
+        if params[key] == "none" and key in defaults:
+            params[key] = defaults[key]
+            notes.append(f"{key}={defaults[key]} (design default)")
+    params["tau_source"] = "given" if "tau" in d else (
+        f"derived:{design} design default" if params["tau"] != "none" else "none")
+
+    per_seed = {name: _per_seed(d, key, n).astype(float) for key, name in PER_SEED.items() if key in d}
+    diverged = int(bool(_scalar(d, "diverged"))) if "diverged" in d else None
+    members = []
+    for s in range(n):
+        m = {"t_mem": float(t_mem[s]) if t_mem[s] >= 0 else None,
+             "t_grok": float(t_grok[s]) if t_grok[s] >= 0 else None,
+             "grokked": float(t_grok[s] >= 0), "diverged": diverged}
+        m["delay"] = m["t_grok"] - m["t_mem"] if m["t_grok"] is not None and m["t_mem"] is not None else None
+        m.update({name: float(v[s]) for name, v in per_seed.items()})
+        members.append(m)
+
+    curves = {}
+    present = [k for k in CURVES if k in d]
+    if present:
+        if "steps" not in d:
+            raise BadFile(f"curve {present[0]!r} without field 'steps'")
+        steps = d["steps"]
+        if steps.ndim != 1:
+            raise BadFile(f"field 'steps': expected shape (K,), got {steps.shape}")
+        for k in present:
+            if d[k].shape != steps.shape:
+                raise BadFile(f"field {k!r}: expected shape {steps.shape} like 'steps', got {d[k].shape}")
+            curves[CURVES[k]] = list(zip(steps.astype(np.int64).tolist(), d[k].astype(float).tolist()))
+
+    arm_metrics = {k: float(_scalar(d, k)) for k in ARM_SCALARS if k in d}
+    arm_metrics.update(_medians(members))
+    arm_metrics.update(n_seeds=float(n), n_grokked=float((t_grok >= 0).sum()))
+    if "logit/scale" in curves and arm_metrics.get("t_grok") is not None:
+        # the release's convention: L at the logged step nearest the cell's median t_grok
+        steps, values = zip(*curves["logit/scale"])
+        arm_metrics["logit_scale_at_grok"] = values[int(np.argmin(np.abs(np.asarray(steps) - arm_metrics["t_grok"])))]
+    desc = (f"paper data {design}/{path.name}: {n} seeds, p={p}, {params['model']}, {params['loss']}, "
+            f"clamp={params['clamp']}, rho={params['rho']}, tau={params['tau']}, gamma={params['gamma']}"
+            + (f", fork at {params['fork_step']}" if params["fork_step"] != "none" else ""))
+    return Cell(path, params, members, curves, arm_metrics, desc, notes)
+
+
+def _medians(members: list[dict]) -> dict:
+    """Seed medians over the seeds where each summary is defined (t_grok, delay: grokked seeds only)."""
+    out = {}
+    for key in SUMMARY_KEYS:
+        vals = [m[key] for m in members if m.get(key) is not None]
+        if vals:
+            out[key] = float(np.median(vals))
+    return out
+
+
+@dataclass
+class Summary:
+    experiments: int = 0
+    arms: int = 0
+    members: int = 0
+    already: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (file, reason)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+
+def design_folders(root: Path) -> list[Path]:
+    """DIR itself when it holds .npz files, else its subfolders that do."""
+    if any(root.glob("*.npz")):
+        return [root]
+    return sorted(f for f in root.iterdir() if f.is_dir() and any(f.glob("*.npz")))
+
+
+def import_folder(folder: Path, uri: str, summary: Summary, log=print) -> None:
+    design = folder.name
+    files = sorted(folder.glob("*.npz"))
+    mains = {f.stem: f for f in files if not f.stem.endswith("_weights")}
+    weights = {f.stem[: -len("_weights")]: f for f in files if f.stem.endswith("_weights")}
+    for stem, f in sorted(weights.items()):
+        if stem not in mains:
+            summary.skipped.append((str(f), f"no main file {stem}.npz to attach its per-seed times to"))
+
+    rec = Recorder(uri, f"paper/{design}", background=False)
+    study_tags = {"study": design}
+    study_id = rec.find("study", tags=study_tags)
+    summary.experiments += 1
+    n_arms = n_members = n_already = 0
+    for stem, path in sorted(mains.items()):
+        tags = {"study": design, "arm": stem}
+        arm_id = rec.find("arm", parent_id=study_id, tags=tags) if study_id else None
+        if arm_id is not None and rec.status(arm_id) == "FINISHED":
+            n_already += 1
+            if stem in weights:
+                summary.ignored.append((str(weights[stem]), "arm already imported"))
+            continue
+        try:
+            cell = read_cell(path, design, weights.get(stem))
+        except BadFile as e:
+            summary.skipped.append((str(path), str(e)))
+            continue
+        if stem in weights and not any("_weights" in n for n in cell.notes):
+            summary.ignored.append((str(weights[stem]), "main file has per-seed times"))
+        if study_id is None or rec.status(study_id) != "RUNNING":
+            study_id = rec.run("study", design, tags=study_tags,
+                               description=f"published metrics of arXiv:2606.18465, folder {design}/")
+        arm_id = rec.run("arm", stem, parent_id=study_id, params=cell.params, tags=tags,
+                         description=cell.description)
+        rec.add_finished_runs("member", arm_id, [
+            {"name": f"{stem} seed={s}", "params": {**cell.params, "seed": s}, "tags": {**tags, "seed": s},
+             "metrics": metrics} for s, metrics in enumerate(cell.members)])
+        rec.log_curves(arm_id, cell.curves)
+        rec.log_summary(arm_id, cell.arm_metrics)
+        rec.finish(arm_id)   # last: a FINISHED arm means every member is there
+        n_arms += 1
+        n_members += len(cell.members)
+    if study_id is not None and rec.status(study_id) == "RUNNING":
+        rec.finish(study_id)
+    rec.close()
+    summary.arms += n_arms
+    summary.members += n_members
+    summary.already += n_already
+    log(f"paper/{design}: {n_arms} arms, {n_members} members imported"
+        + (f", {n_already} arms already there" if n_already else ""))
+
+
+def import_dir(root: Path, uri: str | None = None, log=print) -> Summary:
+    uri = resolve_uri(uri)
+    check_uri(uri)
+    summary = Summary()
+    folders = design_folders(root)
+    if not folders:
+        raise FileNotFoundError(f"{root}: no .npz files in it or in its subfolders")
+    for folder in folders:
+        import_folder(folder, uri, summary, log)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tracking.import_npz", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", type=Path, help="paper-metrics folder, or one design folder in it")
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
+    args = ap.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"error: {args.dir}: not a folder", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        s = import_dir(args.dir, args.tracking_uri)
+    except (StoreError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    groups: dict[tuple[str, str], list[str]] = {}
+    for f, why in s.ignored:
+        groups.setdefault((str(Path(f).parent), why), []).append(Path(f).name)
+    for (folder, why), names in groups.items():
+        print(f"ignored {len(names)} file(s) in {folder} ({why}): {', '.join(names)}")
+    for f, why in s.skipped:
+        print(f"SKIPPED {f}: {why}", file=sys.stderr)
+    print(f"{s.experiments} experiments, {s.arms} arms and {s.members} members imported, "
+          f"{s.already} arms already there, {len(s.ignored)} files ignored, {len(s.skipped)} skipped "
+          f"({time.perf_counter() - t0:.1f} s) into {resolve_uri(args.tracking_uri)}")
+    return 1 if s.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Where runs live: the tracking URI, checks that the store is reachable, and experiments.
+
+Default store: embedded SQLite at <cwd>/mlruns/mlflow.db with artifacts beside it under
+<dbdir>/artifacts/<experiment>. The deprecated file store is refused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+HTTP_TIMEOUT_S = 3.0
+SQLITE_HEADER = b"SQLite format 3\x00"
+DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQL stores MLflow supports besides sqlite
+
+
+class StoreError(Exception):
+    """The tracking store cannot be used; the message names the URI and the reason."""
+
+    def __init__(self, uri: str, reason: str):
+        self.uri, self.reason = uri, reason
+        super().__init__(f"tracking store {uri!r}: {reason}")
+
+
+def quiet_mlflow_logs() -> None:
+    """Creating a SQLite store runs alembic migrations that print INFO lines; keep warnings only."""
+    for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils",
+                 "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """arg > $MLFLOW_TRACKING_URI > sqlite:///<abs cwd>/mlruns/mlflow.db. A bare *.db path becomes sqlite."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or str(Path.cwd() / "mlruns" / "mlflow.db")
+    if "://" not in uri and uri.endswith((".db", ".sqlite", ".sqlite3")):
+        uri = f"sqlite:///{Path(uri).expanduser().resolve()}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path:
+    """Filesystem path of a sqlite:/// URI (sqlite:///rel.db is relative to cwd, sqlite:////abs absolute)."""
+    rest = unquote(uri[len("sqlite://"):]).split("?", 1)[0]
+    if not rest.startswith("/") or rest == "/":
+        raise StoreError(uri, "in-memory SQLite keeps nothing; give a file, e.g. sqlite:////abs/path/mlflow.db")
+    return Path(rest[1:]).resolve() if not rest.startswith("//") else Path(rest[1:])
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path.exists():
+        if path.is_dir():
+            raise StoreError(uri, f"{path} is a folder, expected a SQLite file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(uri, f"{path} is not readable and writable")
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise StoreError(uri, f"{path} exists but is not a SQLite database")
+        return
+    # Nothing exists yet: the first existing ancestor must be a writable folder on a writable mount.
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(uri, f"{parent} is a file where a folder should be (cannot create {path})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(uri, f"folder {parent} is not writable (cannot create {path})")
+    fs = os.statvfs(parent)
+    if fs.f_flag & os.ST_RDONLY:
+        raise StoreError(uri, f"folder {parent} is on a read-only filesystem (cannot create {path})")
+    if fs.f_blocks == 0:  # proc, sysfs: pseudo filesystems that hold no files
+        raise StoreError(uri, f"folder {parent} is on a pseudo filesystem without storage (cannot create {path})")
+
+
+def _check_http(uri: str) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
+            if resp.status != 200:
+                raise StoreError(uri, f"GET {url} answered HTTP {resp.status}")
+    except urllib.error.HTTPError as e:
+        raise StoreError(uri, f"GET {url} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise StoreError(uri, f"no MLflow server answered at {url} within {HTTP_TIMEOUT_S:.0f} s ({reason})") from None
+
+
+def _check_db(uri: str) -> None:
+    try:
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(HTTP_TIMEOUT_S)})
+        with engine.connect():
+            pass
+    except Exception as e:  # driver missing, refused, auth: all mean "unusable"
+        raise StoreError(uri, f"cannot connect ({type(e).__name__}: {e})") from None
+
+
+def check_uri(uri: str) -> None:
+    """Raise StoreError if the store is unreachable or cannot be written. Creates nothing."""
+    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
+    if scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("http", "https"):
+        _check_http(uri)
+    elif scheme.split("+")[0] in DB_SCHEMES:
+        _check_db(uri)
+    elif scheme in ("", "file"):
+        raise StoreError(uri, "the file store is deprecated and refused by MLflow >= 3.13; "
+                              "use sqlite:////abs/path/mlflow.db")
+    else:
+        raise StoreError(uri, f"unsupported scheme {scheme!r} (use sqlite:///, http(s)://, or a SQL database URI)")
+
+
+def safe_name(name: str) -> str:
+    """Experiment name as a folder name: 'paper/dose' -> 'paper_dose'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+def artifact_root(uri: str) -> Path | None:
+    """<dbdir>/artifacts for a SQLite store; None for a server (it chooses)."""
+    return sqlite_path(uri).parent / "artifacts" if uri.startswith("sqlite:") else None
+
+
+_FAST_SQLITE = False
+
+
+def _fast_sqlite() -> None:
+    """WAL journal + synchronous=NORMAL on every SQLite connection of this process.
+
+    MLflow commits each call as its own transaction; in the default rollback-journal mode each commit
+    costs several fsyncs (~50 ms under load). WAL keeps commits durable across a killed process (only a
+    power cut can lose the last ones) and lets `mlflow ui` read while we write.
+    """
+    global _FAST_SQLITE
+    if _FAST_SQLITE:
+        return
+    import sqlite3
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.OperationalError:  # a read-only store: reading still works
+                pass
+            finally:
+                cur.close()
+
+    _FAST_SQLITE = True
+
+
+def client(uri: str):
+    """An MlflowClient on a checked store, creating the SQLite folder and schema if needed."""
+    from mlflow import MlflowClient
+    quiet_mlflow_logs()
+    if uri.startswith("sqlite:"):
+        check_uri(uri)
+        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        _fast_sqlite()
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create (or find, or restore) experiment `name`; artifacts go to <dbdir>/artifacts/<safe name>."""
+    from mlflow.exceptions import MlflowException
+    check_uri(uri)
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root(uri)
+    location = (root / safe_name(name)).as_uri() if root is not None else None
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException as e:  # a concurrent creator won the race
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise StoreError(uri, f"cannot create experiment {name!r}: {e.message}") from None
+        return exp.experiment_id
