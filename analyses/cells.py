@@ -57,8 +57,10 @@ def fork_role(arm: str) -> str:
 
 
 def is_logit_matched(arm: str, tau_source: str) -> bool:
-    """A logit-matched arm: its tau was derived from other arms' results (the only derived tau), or its name."""
-    return tau_source.startswith("derived") or fork_role(arm) == "logit_matched"
+    """A logit-matched arm: tau_source 'derived:logit_matched(...)' (the engine), or its name.
+
+    Other 'derived:' sources exist (the importer's 'derived:dose design default' fills a missing tau)."""
+    return (tau_source.startswith("derived") and "logit" in tau_source) or fork_role(arm) == "logit_matched"
 
 
 def nearest(steps: np.ndarray, values: np.ndarray, t: float) -> float:

@@ -210,6 +210,7 @@ class Cohort:
         self.matrices = [s.name for s in self.model.specs if s.matrix]
         self.decay = [s.matrix for s in self.model.specs]
         self.opt = AdamW(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+        self.ws = models.Workspace()
 
     def _fresh(self, m: MemberConfig):
         gen = torch.Generator().manual_seed(m.seed)
@@ -235,7 +236,8 @@ class Cohort:
         self.test_mask = self.valid.unsqueeze(0) & ~self.train_mask
         N = self.train_idx.shape[1]
         chunk = max(1, min(M, TRAIN_BLOCK // (N * self.model.work_per_member)))
-        self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.table_rows)
+        self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.table_rows,
+                                          self.dtype)
         self.G = {k: torch.empty_like(v) for k, v in self.P.items()}
 
     # ---- the step -------------------------------------------------------------------------------
@@ -254,7 +256,8 @@ class Cohort:
         for b in self.batches:
             sl = slice(b.s, b.e)
             loss[sl] = self.model.loss_grads({k: v[sl] for k, v in self.P.items()},
-                                             {k: v[sl] for k, v in self.G.items()}, b, self.inv_tau[sl], self.cfg.loss)
+                                             {k: v[sl] for k, v in self.G.items()}, b, self.inv_tau[sl],
+                                             self.cfg.loss, self.ws)
         self.adam_step += 1
         self.opt.step(list(self.P.values()), list(self.G.values()), list(self.m1.values()),
                       list(self.m2.values()), self.decay, self.adam_step)
@@ -265,55 +268,55 @@ class Cohort:
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def _evaluate(self) -> dict[str, torch.Tensor]:
+    def _evaluate(self, full: bool) -> dict[str, torch.Tensor]:
         """Metrics of every active member over all p^2 pairs (PAPER.md definitions), chunked.
 
-        acc, loss over each split; logit_scale = mean over all pairs of |z / tau|; sc_frac = share of
-        training pairs whose correct-class probability is exactly 1 in working precision; saturated =
-        share of training pairs with max probability > 0.999. Per-layer norms from the parameters.
+        Always: train/test accuracy, logit_scale (mean over all pairs of |z / tau|), per-layer norms.
+        full (log steps): also the losses, sc_frac (share of training pairs whose correct-class
+        probability is exactly 1 in working precision) and saturated (share of training pairs with
+        max probability > 0.999).
         """
         M, p, dev = len(self.members), self.cfg.p, self.device
-        acc = {k: torch.zeros(M, dtype=torch.float64, device=dev) for k in
-               ("train_hit", "test_hit", "train_loss", "test_loss", "lsum", "sc", "sat")}
-        width = self.model.work_per_member
+        sums = {k: torch.zeros(M, dtype=torch.float64, device=dev) for k in
+                ("train_hit", "test_hit", "lsum", "train_loss", "test_loss", "sc", "sat")}
         for b in self.batches:
             sl = slice(b.s, b.e)
             c = b.e - b.s
             Pc = {k: v[sl] for k, v in self.P.items()}
             T = self.model.tables(Pc)
-            r = max(1, min(p, EVAL_BLOCK // (c * p * width)))
+            r = max(1, min(p, EVAL_BLOCK // (c * p * self.model.work_per_member)))
             inv = self.inv_tau[sl].view(-1, 1, 1)
             for a0 in range(0, p, r):
                 rows = slice(a0, min(p, a0 + r))
-                z = self.model.grid_logits(Pc, rows, T)  # (c, r * p, p)
+                s = self.model.grid_logits(Pc, rows, T, self.ws).mul_(inv)  # (c, r * p, p) post-tau logits
                 pairs = slice(rows.start * p, rows.stop * p)
                 y = self.labels[pairs].view(1, -1, 1).expand(c, -1, 1)
                 tm, vm = self.train_mask[sl, pairs], self.test_mask[sl, pairs]
-                s = z * inv
                 hit = s.argmax(-1) == y.squeeze(-1)
-                acc["train_hit"][sl] += (hit & tm).sum(1)
-                acc["test_hit"][sl] += (hit & vm).sum(1)
-                acc["lsum"][sl] += (s.norm(dim=-1).double() * self.valid[pairs]).sum(1)
+                sums["train_hit"][sl] += (hit & tm).sum(1)
+                sums["test_hit"][sl] += (hit & vm).sum(1)
+                sums["lsum"][sl] += torch.where(self.valid[pairs], torch.linalg.vector_norm(s, dim=-1), 0.0).sum(1)
+                if not full:
+                    continue
                 if self.cfg.loss == "ce":
                     per = torch.logsumexp(s, -1) - s.gather(-1, y).squeeze(-1)
                 else:
                     per = (s - torch.nn.functional.one_hot(y.squeeze(-1), p).to(s.dtype)).pow(2).sum(-1)
-                per = per.double()
-                acc["train_loss"][sl] += torch.where(tm, per, 0.0).sum(1)
-                acc["test_loss"][sl] += torch.where(vm, per, 0.0).sum(1)
+                sums["train_loss"][sl] += torch.where(tm, per, 0.0).sum(1)
+                sums["test_loss"][sl] += torch.where(vm, per, 0.0).sum(1)
                 prob = torch.softmax(s, -1)
-                acc["sc"][sl] += ((prob.gather(-1, y).squeeze(-1) == 1.0) & tm).sum(1)
-                acc["sat"][sl] += ((prob.amax(-1) > 0.999) & tm).sum(1)
+                sums["sc"][sl] += ((prob.gather(-1, y).squeeze(-1) == 1.0) & tm).sum(1)
+                sums["sat"][sl] += ((prob.amax(-1) > 0.999) & tm).sum(1)
         n_train = self.train_idx.shape[1]
         n_test = self.task.n_pairs - n_train
         sq = self._sq().double()
-        out = {"train/acc": acc["train_hit"] / n_train, "test/acc": acc["test_hit"] / n_test,
-               "train/loss": acc["train_loss"] / n_train, "test/loss": acc["test_loss"] / n_test,
-               "norm/total": sq.sum(1).sqrt(),
-               "logit/scale": acc["lsum"] / self.task.n_pairs,
-               "softmax/collapse": acc["sc"] / n_train, "softmax/saturated": acc["sat"] / n_train}
+        out = {"train/acc": sums["train_hit"] / n_train, "test/acc": sums["test_hit"] / n_test,
+               "norm/total": sq.sum(1).sqrt(), "logit/scale": sums["lsum"] / self.task.n_pairs}
         for j, n in enumerate(self.matrices):
             out[f"norm/{n}"] = sq[:, j].sqrt()
+        if full:
+            out.update({"train/loss": sums["train_loss"] / n_train, "test/loss": sums["test_loss"] / n_test,
+                        "softmax/collapse": sums["sc"] / n_train, "softmax/saturated": sums["sat"] / n_train})
         return out
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -333,15 +336,15 @@ class Cohort:
             bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
             is_eval = t % cfg.eval_every == 0
             is_log = t % cfg.log_every == 0 or t == self.start_step + 1
-            ev = self._evaluate() if (is_eval or is_log) else None
+            ev = self._evaluate(full=is_log) if (is_eval or is_log) else None
             if is_eval:
                 bad += (~torch.isfinite(ev["norm/total"])).nonzero().flatten().tolist()
                 self._detect(t, ev)
             for i in set(bad):
                 self.records[self.members[i].key]["diverged"] = True
             due = [i for i, m in enumerate(self.members) if self._reason(m, t)]
-            if due and ev is None:
-                ev = self._evaluate()
+            if due and not is_log:
+                ev = self._evaluate(full=True)  # the retiring members' last curve row
             if is_log or due:
                 rows = self._log(t, ev, range(len(self.members)) if is_log else due)
                 if on_log is not None and rows:

@@ -41,15 +41,18 @@ def loss_values(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, kind: s
 
 def loss_and_dlogits(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, kind: str
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member loss (c,) and d loss / d z (c, N, p), written over z's storage (z is consumed)."""
+    """Per-member loss (c,) and d loss / d z (c, N, p); z is consumed (scaled in place)."""
     n = z.shape[1]
     inv = inv_tau.view(-1, 1, 1)
     s = z.mul_(inv)
     minus_one = torch.full((1, 1, 1), -1.0, dtype=z.dtype, device=z.device).expand_as(y)
     if kind == "ce":
-        lsm = torch.log_softmax(s, -1)
-        value = -lsm.gather(-1, y).squeeze(-1).mean(1)
-        g = lsm.exp_().scatter_add_(-1, y, minus_one)  # softmax - onehot
+        g = torch._softmax(s, -1, False, out=s)  # in place
+        # -log p_y from the softmax itself (one pass fewer than log_softmax + exp); p_y is floored at the
+        # smallest normal so an underflowed probability reads as a large finite loss. The value only
+        # serves the divergence check: it is NaN exactly when the logits are not finite.
+        value = -g.gather(-1, y).squeeze(-1).clamp_min(torch.finfo(g.dtype).tiny).log().mean(1)
+        g.scatter_add_(-1, y, minus_one)  # softmax - onehot
         return value, g.mul_(inv / n)
     r = s.scatter_add_(-1, y, minus_one)  # z/tau - onehot
     value = r.pow(2).sum(-1).mean(1)

@@ -37,14 +37,14 @@ def test_import_builds_the_run_schema(imported, capsys):
     assert "ignored 7 file(s)" in out and "main file has per-seed times" in out
     assert _counts(uri) == {"paper/samestate": {"member": 96, "arm": 8, "study": 1},
                             "paper/transformer": {"member": 84, "arm": 7, "study": 1}}
+    c = MlflowClient(uri)
     for exp in ("paper/samestate", "paper/transformer"):
-        runs = load_runs(exp, uri)
-        assert set(runs["status"]) == {"FINISHED"}
-        c = MlflowClient(uri)
-        for rid, role in zip(runs["run_id"], runs["role"]):
-            keys = set(c.get_run(rid).data.params)
+        runs = c.search_runs([c.get_experiment_by_name(exp).experiment_id], max_results=1000)
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        for r in runs:   # identical param keys on every arm and member run ("compare" lines them up)
+            role = r.data.tags["role"]
             if role != "study":
-                assert keys == set(PARAM_KEYS) | ({"seed"} if role == "member" else set()), (exp, role)
+                assert set(r.data.params) == set(PARAM_KEYS) | ({"seed"} if role == "member" else set())
     arms = load_arms("paper/transformer", uri)
     assert set(arms["model"]) == {"transformer_noln"} and set(arms["design"]) == {"transformer"}
     assert set(arms["tau_source"]) == {"given"}
@@ -117,11 +117,18 @@ def test_bad_files_are_reported_and_skipped(imported, paper_metrics, tmp_path, c
         data = {k: z[k] for k in z.files}
     np.savez(bad / "no_times.npz", **{k: v for k, v in data.items() if k != "T_grok_per_seed"})
     np.savez(bad / "short_n0.npz", **{**data, "N0": data["N0"][:11]})
+    # per-seed times only in the _weights.npz beside it: taken from there; a lone _weights.npz: skipped
+    np.savez(bad / "split.npz", **{k: v for k, v in data.items() if not k.startswith("T_")})
+    np.savez(bad / "split_weights.npz", **{k: v for k, v in data.items() if k.startswith("T_")})
+    np.savez(bad / "lonely_weights.npz", **{k: v for k, v in data.items() if k.startswith("T_")})
     rc, out, err = _run(capsys, bad, "--tracking-uri", uri)
     assert rc == 1
     assert "corrupt.npz: bad archive" in err
     assert "no_times.npz: missing field 'T_grok_per_seed'" in err
     assert "short_n0.npz: field 'N0': expected shape (12,)" in err
-    assert "1 arms and 12 members imported" in out and "3 skipped" in out
-    runs = load_runs("paper/bad", uri)
-    assert set(runs["arm"].dropna()) == {"good"} and len(runs) == 14
+    assert "lonely_weights.npz: no main file lonely.npz" in err
+    assert "2 arms and 24 members imported" in out and "4 skipped" in out
+    m = load_members("paper/bad", uri)
+    assert set(m["arm"]) == {"good", "split"} and len(m) == 24
+    split = m[m["arm"] == "split"].sort_values("seed")
+    assert (split["t_grok"].to_numpy() == data["T_grok_per_seed"]).all()

@@ -67,3 +67,14 @@ def test_ensure_experiment_creates_store_quietly_with_artifacts_beside_db(tracki
     assert exp.artifact_location == (db.parent / "artifacts" / "paper_dose").as_uri()
     err = capfd.readouterr().err
     assert "Creating initial MLflow database tables" not in err and "alembic" not in err, err
+
+
+def test_tracking_imports_neither_torch_nor_the_upper_packages():
+    import ast
+    import tracking
+    for path in Path(tracking.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in {"torch", "interventions", "analyses"}, (path.name, name)

@@ -68,6 +68,9 @@ class Cell:
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise BadFile("bad archive (not a .npz: no zip header)")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -92,12 +95,15 @@ def _per_seed(d: dict, key: str, n: int | None) -> np.ndarray:
     return a
 
 
-def _times(d: dict, weights: dict | None, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _times(d: dict, weights: Path | None, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     has = [k for k in ("T_mem_per_seed", "T_grok_per_seed") if k in d]
     src = d
     if len(has) < 2 and weights is not None:
-        src = weights
-        notes.append("per-seed times from the _weights.npz file")
+        try:
+            src = _load(weights)
+        except BadFile as e:
+            raise BadFile(f"per-seed times missing and {weights.name} unreadable: {e}") from None
+        notes.append(f"per-seed times from {weights.name}")
     missing = [k for k in ("T_mem_per_seed", "T_grok_per_seed") if k not in src]
     if missing:
         raise BadFile(f"missing field {missing[0]!r} (per-seed times)")
@@ -117,11 +123,10 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
     """Validate one .npz and turn it into params, member summaries, seed-mean curves. Raises BadFile."""
     d = _load(path)
     notes: list[str] = []
-    w = _load(weights) if weights is not None else None
     for key in ("p", "arm"):
         if key not in d:
             raise BadFile(f"missing field {key!r}")
-    t_mem, t_grok = _times(d, w, notes)
+    t_mem, t_grok = _times(d, weights, notes)
     n = len(t_mem)
     defaults = DESIGN_DEFAULTS.get(design, {})
 
@@ -131,6 +136,8 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
         if src in d:
             params[dst] = _scalar(d, src)
     p = params["p"]
+    if isinstance(p, float) and p.is_integer():
+        p = params["p"] = int(p)
     if not isinstance(p, int) or p < 3:
         raise BadFile(f"field 'p': expected an integer >= 3, got {p!r}")
     if params["w_c"] == 0.0:   # the release writes 0 where no reference norm was used (free runs)
@@ -153,12 +160,16 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
         f"derived:{design} design default" if params["tau"] != "none" else "none")
 
     per_seed = {name: _per_seed(d, key, n).astype(float) for key, name in PER_SEED.items() if key in d}
-    diverged = int(bool(_scalar(d, "diverged"))) if "diverged" in d else None
+    diverged = [None] * n   # the release records it for some cells only, as one flag or per seed
+    if "diverged" in d:
+        flag = d["diverged"]
+        diverged = ([float(bool(flag.item()))] * n if flag.shape == () else
+                    _per_seed(d, "diverged", n).astype(bool).astype(float).tolist())
     members = []
     for s in range(n):
         m = {"t_mem": float(t_mem[s]) if t_mem[s] >= 0 else None,
              "t_grok": float(t_grok[s]) if t_grok[s] >= 0 else None,
-             "grokked": float(t_grok[s] >= 0), "diverged": diverged}
+             "grokked": float(t_grok[s] >= 0), "diverged": diverged[s]}
         m["delay"] = m["t_grok"] - m["t_mem"] if m["t_grok"] is not None and m["t_mem"] is not None else None
         m.update({name: float(v[s]) for name, v in per_seed.items()})
         members.append(m)
@@ -213,7 +224,8 @@ def design_folders(root: Path) -> list[Path]:
     """DIR itself when it holds .npz files, else its subfolders that do."""
     if any(root.glob("*.npz")):
         return [root]
-    return sorted(f for f in root.iterdir() if f.is_dir() and any(f.glob("*.npz")))
+    return sorted(f for f in root.iterdir()
+                  if f.is_dir() and not f.name.startswith(".") and any(f.glob("*.npz")))
 
 
 def import_folder(folder: Path, uri: str, summary: Summary, log=print) -> None:
@@ -243,7 +255,7 @@ def import_folder(folder: Path, uri: str, summary: Summary, log=print) -> None:
         except BadFile as e:
             summary.skipped.append((str(path), str(e)))
             continue
-        if stem in weights and not any("_weights" in n for n in cell.notes):
+        if stem in weights and not any(weights[stem].name in n for n in cell.notes):
             summary.ignored.append((str(weights[stem]), "main file has per-seed times"))
         if study_id is None or rec.status(study_id) != "RUNNING":
             study_id = rec.run("study", design, tags=study_tags,

@@ -93,7 +93,12 @@ def load_runs(experiment: str, uri: str | None = None, role: str | None = None) 
             df[col] = _numeric(df[col])
     for col in metrics:
         df[col] = df[col].astype(float)
-    return df
+    # deterministic order: study first, then arms and their members by arm name and seed
+    try:
+        df = df.sort_values(["arm", "seed", "run_name"], na_position="first", kind="stable")
+    except TypeError:   # seeds that are not all numbers: keep the creation order
+        pass
+    return df.reset_index(drop=True)
 
 
 def load_members(experiment: str, uri: str | None = None) -> pd.DataFrame:

@@ -172,13 +172,17 @@ class Recorder:
             if inserted is not None:
                 for i, rid in zip(new, inserted):
                     ids[i] = rid
-            for i, (r, tags, params) in enumerate(specs):   # existing runs, or no SQL store
-                if ids[i] is None or i not in new or inserted is None:
-                    user_tags = {k: v for k, v in (r.get("tags") or {}).items()}
-                    ids[i] = self.run(role, r["name"], parent_id=parent_id, params=r.get("params"),
-                                      tags=user_tags, description=r.get("description"),
-                                      identity=r.get("identity"))
-                    self.log_summary(ids[i], r.get("metrics") or {})
+            done = set(new) if inserted is not None else set()
+            for i, (r, _, _) in enumerate(specs):   # runs that existed, or a store that is not SQL
+                if i in done:
+                    continue
+                ids[i] = self.run(role, r["name"], parent_id=parent_id, params=r.get("params"),
+                                  tags=r.get("tags"), description=r.get("description"),
+                                  identity=r.get("identity"), reopen=False)
+                self.log_summary(ids[i], r.get("metrics") or {})
+                if self.status(ids[i]) == "FINISHED":
+                    self._write(run_ids=[ids[i]])
+                else:
                     self.finish(ids[i])
         return ids
 
