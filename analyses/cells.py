@@ -59,7 +59,7 @@ def fork_role(arm: str) -> str:
 def is_logit_matched(arm: str, tau_source: str) -> bool:
     """A logit-matched arm: tau_source 'derived:logit_matched(...)' (the engine), or its name.
 
-    Other 'derived:' sources exist (the importer's 'derived:dose design default' fills a missing tau)."""
+    The importer marks a filled-in tau 'default:<design> design'; only a derived logit match counts."""
     return (tau_source.startswith("derived") and "logit" in tau_source) or fork_role(arm) == "logit_matched"
 
 
@@ -150,6 +150,8 @@ def bootstrap_medians(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     each resample's median, as in the point estimate.
     """
     n = values.shape[1]
+    if n == 0:  # no seed present in every cell: no interval
+        return np.full((values.shape[0], n_boot), np.nan)
     idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples give NaN, dropped from the CI

@@ -159,6 +159,12 @@ def fork_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
         if "clamp_same" not in arms or "clamp_raised" not in arms:
             notes.append(f"fork ({label}): needs clamp_same and clamp_raised arms; found {sorted(arms)}")
             continue
+        pair = [f.loc[f["cell"] == arms[r]].iloc[0] for r in ("clamp_same", "clamp_raised")]
+        weak = [r for r in pair if not r["majority"]]
+        if weak:
+            notes.append(f"fork ({label}): " + "; ".join(
+                f"{r['arm']} has no grokking majority ({r['n_grokked']}/{r['n_seeds']} seeds grokked)" for r in weak))
+            continue
         specs.append({"group": label, "arms": arms})
     return specs, notes
 
@@ -167,7 +173,7 @@ def precision_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
     specs = []
     key = ["p", "loss", "model", "rho", "tau", "gamma", "clamp", "fork_step", "weight_decay", "fork_role"]
     c = cells.assign(**{k: cells[k].astype(str) for k in key})
-    for _, g in c.groupby(key, sort=False):
+    for _, g in c.groupby(key, sort=False, dropna=False):
         f32, f64 = g[g["precision"] == "float32"], g[g["precision"] == "float64"]
         if len(f32) and len(f64):
             specs.append({"float32": f32.iloc[0]["cell"], "float64": f64.iloc[0]["cell"]})

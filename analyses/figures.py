@@ -32,7 +32,8 @@ def collapse_figure(res: dict, path: Path) -> str:
     sc = None
     for tau, g in cells.groupby("tau"):
         sc = ax.scatter(g["L"], g["t_grok"], c=g["rho"], cmap="viridis", marker=markers[tau], s=45,
-                        vmin=cells["rho"].min(), vmax=cells["rho"].max(), label=f"tau {tau:g}")
+                        vmin=cells["rho"].min(), vmax=cells["rho"].max())
+        ax.scatter([], [], marker=markers[tau], color="grey", label=f"tau {tau:g}")  # legend proxy
     x = np.linspace(cells["L"].min(), cells["L"].max(), 50)
     ax.plot(x, np.exp(res["intercept_logit"] + res["slope_logit"] * x), "k--", lw=1,
             label=f"ln T = a + b L, R$^2$ {res['r2_logit']:.3f}")
@@ -66,7 +67,8 @@ def sweep_figure(res: dict, path: Path) -> str:
     ax.set_xlabel("logit scale L at grok")
     ax.set_ylabel(what)
     est = "n/a" if res["estimate"] is None else f"{res['estimate']:.3f}"
-    ax.set_title(f"recovery, p={res['p']:g} {res['loss']}: {est}", fontsize=9)
+    realized = f", realized {res['realized_estimate']:.3f}" if res["realized_estimate"] is not None else ""
+    ax.set_title(f"recovery, p={res['p']:g} {res['loss']}: interpolated {est}{realized}", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -74,8 +76,9 @@ def sweep_figure(res: dict, path: Path) -> str:
 def fork_figure(res: dict, path: Path) -> str:
     """Median delay from the fork per arm with its 95% paired-bootstrap CI."""
     roles = [r for r in res["delays"] if res["delays"][r] is not None]
-    med = np.array([res["delays"][r] for r in roles])
-    ci = np.array([res["delay_ci"][r] for r in roles], float)
+    med = np.array([res["delays"][r] for r in roles], float)
+    ci = np.array([[np.nan if x is None else x for x in res["delay_ci"][r]] for r in roles], float).reshape(-1, 2)
+    ci = np.where(np.isfinite(ci), ci, med[:, None])  # no interval -> no bar
     fig, ax = plt.subplots(figsize=(5.5, 4))
     colors = {"clamp_lowered": "tab:green", "free": "tab:grey", "clamp_same": "tab:blue", "clamp_raised": "tab:red"}
     ax.bar(roles, med, color=[colors.get(r, "tab:blue") for r in roles], alpha=0.8)

@@ -71,7 +71,7 @@ def recovery(members: pd.DataFrame, cells: pd.DataFrame, base: str, up: str, swe
     T2r = float(T[matched]) if matched else np.nan
     rows = [base, *sweep] + ([matched] if matched else [])
     values, seeds = seed_matrix(members, rows, time)
-    med = bootstrap_medians(values, n_boot, seed) if len(seeds) else np.full((len(rows), 0), np.nan)
+    med = bootstrap_medians(values, n_boot, seed)
     boot_T0, boot_sweep = med[0], med[1:1 + len(sweep)]
     boot_T1 = boot_sweep[sweep.index(up)]
     ci = (np.nan, np.nan)
@@ -80,6 +80,10 @@ def recovery(members: pd.DataFrame, cells: pd.DataFrame, base: str, up: str, swe
         ci = percentile_ci(fraction(boot_T0, boot_T1, boot_sweep[lo] + w * (boot_sweep[hi] - boot_sweep[lo])))
     ci_r = percentile_ci(fraction(boot_T0, boot_T1, med[-1])) if matched else (np.nan, np.nan)
     first = c.loc[up]
+    by_tau = c.loc[sweep].sort_values("tau")["L"].to_numpy(float)
+    caveat = None if np.all(np.diff(by_tau) < 0) else (
+        "L at grok does not fall monotonically with tau across the sweep, so L does not order the sweep "
+        "cells as tau does; T2 is interpolated between the L-sorted cells")
     return {
         "p": num(first["p"]), "loss": first["loss"], "model": first["model"], "rho": num(first["rho"]),
         "time": time, "T0": num(T0), "T1": num(T1), "T2_interpolated": num(T2),
@@ -95,5 +99,5 @@ def recovery(members: pd.DataFrame, cells: pd.DataFrame, base: str, up: str, swe
         "bracket_tau": [num(c.at[sweep[b[0]], "tau"]), num(c.at[sweep[b[1]], "tau"])] if b else None,
         "matched": {"arm": c.at[matched, "arm"], "tau": num(c.at[matched, "tau"]),
                     "L": num(c.at[matched, "L"]), "T": num(T2r)} if matched else None,
-        "baseline_arm": c.at[base, "arm"], "norm_up_arm": c.at[up, "arm"],
+        "baseline_arm": c.at[base, "arm"], "norm_up_arm": c.at[up, "arm"], "caveat": caveat,
     }

@@ -21,7 +21,7 @@ from analyses import figures
 from analyses.allocation import allocation_swing
 from analyses.cells import CURVE_KEYS, mean_member_curves, prepare_members, summarize
 from analyses.collapse import collapse_fit
-from analyses.designs import FINDERS, allowed_analyses
+from analyses.designs import FINDERS, MEDIATION_SET, allowed_analyses
 from analyses.doselaw import dose_law
 from analyses.forks import fork_contrast
 from analyses.mediation import mediation_fit
@@ -72,6 +72,8 @@ def analyse(members: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict[str, list[
             notes.append(f"{design} ({label}): {e}")
             return
         row["group"] = label
+        if row.get("note"):
+            notes.append(f"{design} ({label}): {row['note']}")
         results.setdefault(design, []).append(row)
 
     if "recovery" in allowed:
@@ -88,7 +90,7 @@ def analyse(members: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict[str, list[
     simple = {"collapse": lambda s: collapse_fit(by_cell.loc[s["cells"]]),
               "dose_law": lambda s: dose_law(by_cell.loc[s["cells"]]),
               "allocation": lambda s: allocation_swing(by_cell.loc[s["cells"]]),
-              "fork": lambda s: fork_contrast(members, s["arms"]),
+              "fork": lambda s: _fork(members, s),
               "precision": lambda s: precision_pair(by_cell.loc[s["float32"]], by_cell.loc[s["float64"]])}
     for design, fn in simple.items():
         if design not in allowed:
@@ -98,6 +100,12 @@ def analyse(members: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict[str, list[
         for s in specs:
             label = s.get("group") or by_cell.at[s["float32"], "group"].replace(" float32", "")
             attempt(design, label, lambda: fn(s))
+    explained = {a for a in allowed for n in notes if n.startswith((a, a.replace("_", " ")))}
+    if "recovery" in explained:  # memorization control and mediation need the recovery design's arms
+        explained |= MEDIATION_SET
+    absent = [a for a in allowed if a not in results and a not in explained]
+    if absent:
+        notes.append("not present in this experiment's params: " + ", ".join(absent))
     return {d: results[d] for d in ORDER if d in results}, notes
 
 
@@ -106,7 +114,15 @@ def _recovery(members, cells, s) -> dict:
     if r["T2_interpolated"] is None:
         Ls = [x["L"] for x in r["sweep"] if x["L"] is not None]
         r["note"] = (f"T2 not interpolated: the baseline's L at grok {_f(r['L_baseline'], 2)} lies outside the "
-                     f"sweep's L range [{_f(min(Ls), 2)}, {_f(max(Ls), 2)}] (no extrapolation)")
+                     f"sweep's L range [{_f(min(Ls), 2)}, {_f(max(Ls), 2)}] (no extrapolation)"
+                     + ("; the realized logit-matched T2 is reported" if r["matched"] else ""))
+    return r
+
+
+def _fork(members, s) -> dict:
+    r = fork_contrast(members, s["arms"])
+    if r["missing_arms"]:
+        r["note"] = f"seed ordering needs the {' and '.join(r['missing_arms'])} arm(s); ratio computed"
     return r
 
 
@@ -115,6 +131,11 @@ def _f(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
         return "n/a"
     return f"{x:.{digits}f}"
+
+
+def _est(x, lo, hi, digits: int = 3) -> str:
+    """'0.833 [0.818, 0.852]', or 'n/a' when there is no estimate."""
+    return "n/a" if x is None else f"{_f(x, digits)} [{_f(lo, digits)}, {_f(hi, digits)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -163,7 +184,7 @@ def markdown(experiment: str, uri: str, cells: pd.DataFrame, results: dict, note
         out += [f"![{design}]({Path(p).name})" for p in figs.get(design, [])] + [""]
     if figs.get("curves"):
         out += ["## Accuracy curves per arm", ""] + [f"![curves]({Path(p).name})" for p in figs["curves"]] + [""]
-    out += ["## Not computed", ""]
+    out += ["## Not computed (or only in part)", ""]
     out += [f"- {n}" for n in notes] if notes else ["- nothing: every design found was computed."]
     out += ["", "## Cells", "", _cells_table(cells), "", CONVENTIONS]
     return "\n".join(out)
@@ -174,10 +195,10 @@ def _recovery_md(rows):
         ["group", "rho", "T0", "T1", "T2 interpolated", "recovery [95% CI]", "T2 realized", "realized recovery [95% CI]",
          "seeds"],
         [[r["group"], _f(r["rho"], 2), _f(r["T0"], 0), _f(r["T1"], 0), _f(r["T2_interpolated"], 0),
-          f"{_f(r['estimate'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
+          _est(r["estimate"], r["ci_low"], r["ci_high"]),
           _f(r["T2_realized"], 0) if r["matched"] else "no logit-matched arm",
-          f"{_f(r['realized_estimate'])} [{_f(r['realized_ci_low'])}, {_f(r['realized_ci_high'])}]"
-          if r["matched"] else "-", r["n_seeds"]] for r in rows])]
+          _est(r["realized_estimate"], r["realized_ci_low"], r["realized_ci_high"]) if r["matched"] else "-",
+          r["n_seeds"]] for r in rows])]
     for r in rows:
         what = "median delay from the fork" if r["time"] == "fork_delay" else "median t_grok"
         out += ["", f"Tau sweep, {r['group']} (norm-up arm {r['norm_up_arm']}; T = {what}; baseline "
@@ -186,8 +207,9 @@ def _recovery_md(rows):
                        [[f"{x['tau']:g}", _f(x["T"], 0), _f(x["L"], 2)] for x in r["sweep"]]
                        + ([[f"{r['matched']['tau']:.4g} (logit-matched)", _f(r["matched"]["T"], 0),
                             _f(r["matched"]["L"], 2)]] if r["matched"] else []))]
-        if r.get("note"):
-            out += ["", r["note"] + "."]
+        for extra in (r.get("note"), r.get("caveat")):
+            if extra:
+                out += ["", extra[0].upper() + extra[1:] + "."]
     return out
 
 
@@ -203,7 +225,7 @@ def _mediation_md(rows):
     return ["## Causal mediation (statsmodels Mediation, effects on ln t_grok)", "", _table(
         ["group", "ACME", "ADE", "total", "prop. mediated [95% CI]", "n", "mediator"],
         [[r["group"], f"{_f(r['acme'])} {ci(r['acme_ci'])}", f"{_f(r['ade'])} {ci(r['ade_ci'])}",
-          f"{_f(r['total'])} {ci(r['total_ci'])}", f"{_f(r['prop_mediated'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]",
+          f"{_f(r['total'])} {ci(r['total_ci'])}", _est(r["prop_mediated"], r["ci_low"], r["ci_high"]),
           r["n"], r["mediator"]] for r in rows]), "", MEDIATION_LIMITS]
 
 
@@ -219,7 +241,7 @@ def _fork_md(rows):
         ["group", "fork step", "lowered", "free", "same", "raised", "raised / same [95% CI]", "ordered seeds"],
         [[r["group"], _f(r["fork_step"], 0)] + [_f(r["delays"].get(a), 0) for a in
                                                 ("clamp_lowered", "free", "clamp_same", "clamp_raised")]
-         + [f"{_f(r['ratio_raised_same'], 2)} [{_f(r['ci_low'], 2)}, {_f(r['ci_high'], 2)}]",
+         + [_est(r["ratio_raised_same"], r["ci_low"], r["ci_high"], 2),
             f"{r['ordered_seeds']}/{r['n_seeds']}" if r["ordered_seeds"] is not None
             else "needs " + ", ".join(r["missing_arms"])] for r in rows]),
         "", "Ordered: lowered < free < same < raised in a seed (delays from the fork)."]
@@ -252,10 +274,15 @@ SECTIONS = {"recovery": _recovery_md, "memorization_control": _memorization_md, 
 
 
 def _cells_table(cells: pd.DataFrame) -> str:
+    """Every cell; 'L per-seed median' (the engine's logit_scale_at_grok, the value its logit-matched tau is
+    derived from) is shown beside the report's curve-based L at grok when the runs have it."""
     c = cells.sort_values(["group", "rho", "tau", "gamma", "arm"])
-    return _table(["arm", "group", "rho", "tau", "gamma", "grokked", "median t_grok", "median delay", "L at grok"],
-                  [[r.arm, r.group, _f(r.rho, 2), _f(r.tau, 2), _f(r.gamma, 2), f"{r.n_grokked}/{r.n_seeds}",
-                    _f(r.t_grok, 0), _f(r.delay, 0), _f(r.L, 2)] for r in c.itertuples()])
+    per_seed = bool(np.isfinite(c["L_seed_median"]).any())
+    header = ["arm", "group", "rho", "tau", "gamma", "grokked", "median t_grok", "median delay", "L at grok"]
+    rows = [[r.arm, r.group, _f(r.rho, 2), _f(r.tau, 3), _f(r.gamma, 2), f"{r.n_grokked}/{r.n_seeds}",
+             _f(r.t_grok, 0), _f(r.delay, 0), _f(r.L, 2)] + ([_f(r.L_seed_median, 2)] if per_seed else [])
+            for r in c.itertuples()]
+    return _table(header + (["L per-seed median"] if per_seed else []), rows)
 
 
 # ---------------------------------------------------------------- output

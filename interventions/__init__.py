@@ -1,0 +1,7 @@
+"""Causal interventions on grokking: tasks, models, levers, the batched engine, studies."""
+import os
+
+# Intel MKL's Conditional Numerical Reproducibility: without it MKL may pick other code paths for small
+# GEMMs on different threads or on a thread's first call, so the same member could train to different
+# bits. Read when MKL initializes (at its first call, after `import torch`); a user's setting wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")

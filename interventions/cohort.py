@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -22,9 +24,12 @@ import torch
 from . import levers, models, tasks
 from .optim import AdamW
 
-# Work sizing: elements of one (members x pairs x hidden) activation block. Blocks that stay in cache
-# make the step several times faster on a CPU than one huge batched tensor.
-TRAIN_BLOCK = 1 << 20
+# Work sizing. On a CPU every member is its own group: its activations stay in cache, groups run in
+# parallel on worker threads with single-threaded ops (no OpenMP barriers), and a member's arithmetic is
+# the same whoever else is in the cohort (bitwise). On an accelerator, members go in as few groups as
+# DEVICE_BLOCK elements of (members x pairs x hidden) activations allow. EVAL_BLOCK bounds the
+# evaluation's (members x pairs x hidden) block, so a 150-member p=113 cohort evaluates in little memory.
+DEVICE_BLOCK = 1 << 28
 EVAL_BLOCK = 1 << 21
 FORMAT = "interventions.cohort/1"
 
@@ -211,6 +216,8 @@ class Cohort:
         self.decay = [s.matrix for s in self.model.specs]
         self.opt = AdamW(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
         self.ws = models.Workspace()
+        self._pool: ThreadPoolExecutor | None = None
+        self._tls = threading.local()
 
     def _fresh(self, m: MemberConfig):
         gen = torch.Generator().manual_seed(m.seed)
@@ -235,35 +242,58 @@ class Cohort:
         self.train_mask.scatter_(1, self.train_idx, True)
         self.test_mask = self.valid.unsqueeze(0) & ~self.train_mask
         N = self.train_idx.shape[1]
-        chunk = max(1, min(M, TRAIN_BLOCK // (N * self.model.work_per_member)))
-        self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.table_rows,
+        chunk = 1 if self.device.type == "cpu" else max(1, min(M, DEVICE_BLOCK // (N * self.model.work_per_member)))
+        self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.paired,
                                           self.dtype)
         self.G = {k: torch.empty_like(v) for k, v in self.P.items()}
 
     # ---- the step -------------------------------------------------------------------------------
-    def _sq(self) -> torch.Tensor:
-        """Squared Frobenius norm of every matrix of every member: (M, L), in working precision."""
-        return torch.stack([t.reshape(t.shape[0], -1).pow(2).sum(1) for t in (self.P[n] for n in self.matrices)], 1)
+    def _sq(self, sl: slice = slice(None)) -> torch.Tensor:
+        """Squared Frobenius norm of every matrix of members `sl`: (m, L), in working precision."""
+        return torch.stack([self.P[n][sl].flatten(1).pow(2).sum(1) for n in self.matrices], 1)
+
+    def _parallel(self, fn: Callable, items: list) -> None:
+        """fn(item, workspace) for every item: on the run's worker threads (CPU), else in order."""
+        if self._pool is None:
+            for it in items:
+                fn(it, self.ws)
+            return
+
+        def call(it):
+            ws = getattr(self._tls, "ws", None)
+            if ws is None:
+                ws = self._tls.ws = models.Workspace()
+            fn(it, ws)
+        for f in [self._pool.submit(call, it) for it in items]:
+            f.result()
 
     def _train_step(self) -> torch.Tensor:
-        """One optimizer step (+ clamp) of every active member; returns the per-member loss before it."""
+        """One optimizer step (+ clamp) of every active member; returns the per-member loss before it.
+
+        Each member group does forward, backward, AdamW and clamp on its own rows; groups run in parallel.
+        """
         t = self.step + 1
         if bool(((self.clamp.first == t) & (self.clamp.kind > 0)).any()):
             for i in self.clamp.resolve(t, self.members, self._sq()):
                 rec = self.records[self.members[i].key]
                 rec["N0"], rec["target"] = float(self.clamp.N0[i]), float(self.clamp.target[i])
         loss = torch.empty(len(self.members), dtype=self.dtype, device=self.device)
-        for b in self.batches:
-            sl = slice(b.s, b.e)
-            loss[sl] = self.model.loss_grads({k: v[sl] for k, v in self.P.items()},
-                                             {k: v[sl] for k, v in self.G.items()}, b, self.inv_tau[sl],
-                                             self.cfg.loss, self.ws)
         self.adam_step += 1
-        self.opt.step(list(self.P.values()), list(self.G.values()), list(self.m1.values()),
-                      list(self.m2.values()), self.decay, self.adam_step)
+        names, clamp_on = self.names, bool(((self.clamp.first <= t) & (self.clamp.kind > 0)).any())
+
+        def work(b: models.Batch, ws: models.Workspace) -> None:
+            sl = slice(b.s, b.e)
+            P = [self.P[k][sl] for k in names]
+            G = [self.G[k][sl] for k in names]
+            loss[sl] = self.model.loss_grads(dict(zip(names, P)), dict(zip(names, G)), b, self.inv_tau[sl],
+                                             self.cfg.loss, ws)
+            self.opt.step(P, G, [self.m1[k][sl] for k in names], [self.m2[k][sl] for k in names],
+                          self.decay, self.adam_step)
+            if clamp_on:
+                self.clamp.apply(t, {k: self.P[k][sl] for k in self.matrices}, self._sq(sl), sl)
+
+        self._parallel(work, self.batches)
         self.step = t
-        if bool(((self.clamp.first <= t) & (self.clamp.kind > 0)).any()):
-            self.clamp.apply(t, self.P, self._sq())
         return loss
 
     # ---- evaluation ------------------------------------------------------------------------------
@@ -279,7 +309,8 @@ class Cohort:
         M, p, dev = len(self.members), self.cfg.p, self.device
         sums = {k: torch.zeros(M, dtype=torch.float64, device=dev) for k in
                 ("train_hit", "test_hit", "lsum", "train_loss", "test_loss", "sc", "sat")}
-        for b in self.batches:
+
+        def work(b: models.Batch, ws: models.Workspace) -> None:
             sl = slice(b.s, b.e)
             c = b.e - b.s
             Pc = {k: v[sl] for k, v in self.P.items()}
@@ -288,7 +319,7 @@ class Cohort:
             inv = self.inv_tau[sl].view(-1, 1, 1)
             for a0 in range(0, p, r):
                 rows = slice(a0, min(p, a0 + r))
-                s = self.model.grid_logits(Pc, rows, T, self.ws).mul_(inv)  # (c, r * p, p) post-tau logits
+                s = self.model.grid_logits(Pc, rows, T, ws).mul_(inv)  # (c, r * p, p) post-tau logits
                 pairs = slice(rows.start * p, rows.stop * p)
                 y = self.labels[pairs].view(1, -1, 1).expand(c, -1, 1)
                 tm, vm = self.train_mask[sl, pairs], self.test_mask[sl, pairs]
@@ -307,6 +338,8 @@ class Cohort:
                 prob = torch.softmax(s, -1)
                 sums["sc"][sl] += ((prob.gather(-1, y).squeeze(-1) == 1.0) & tm).sum(1)
                 sums["sat"][sl] += ((prob.amax(-1) > 0.999) & tm).sum(1)
+
+        self._parallel(work, self.batches)
         n_train = self.train_idx.shape[1]
         n_test = self.task.n_pairs - n_train
         sq = self._sq().double()
@@ -329,6 +362,23 @@ class Cohort:
         (non-finite values left out). on_checkpoint(cohort) every `checkpoint_every` steps.
         Call again to continue.
         """
+        cfg = self.cfg
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            # Ops single-threaded, members in parallel on `threads` workers. Always on workers, even one:
+            # MKL may take another code path for small GEMMs on the main thread than on the others,
+            # and a member's bits must not depend on where it ran.
+            torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cohort")
+        try:
+            self._run(until, stop, on_log, checkpoint_every, on_checkpoint)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+            torch.set_num_threads(threads)
+
+    def _run(self, until, stop, on_log, checkpoint_every, on_checkpoint) -> None:
         cfg = self.cfg
         while self.members and (until is None or self.step < until):
             loss = self._train_step()

@@ -125,19 +125,18 @@ class Clamp:
                     raise ValueError(f"member {m.key}: {err}") from None
         return rows
 
-    def apply(self, step: int, P: dict[str, torch.Tensor], sq: torch.Tensor) -> None:
-        """Rescale clamped members' matrices in place; sq (M, L): squared per-matrix norms after the step.
-
-        Unclamped members are multiplied by exactly 1 (a bitwise no-op).
-        """
-        on = (self.first <= step) & (self.kind > 0)
+    def apply(self, step: int, P: dict[str, torch.Tensor], sq: torch.Tensor, rows: slice = slice(None)) -> None:
+        """Rescale clamped members' matrices in place. P: the matrices of members `rows`; sq (m, L):
+        their squared per-matrix norms after the optimizer step. Unclamped members are multiplied by
+        exactly 1 (a bitwise no-op)."""
+        kind, first = self.kind[rows], self.first[rows]
+        on = (first <= step) & (kind > 0)
         if not bool(on.any()):
             return
         dtype = sq.dtype
-        total = sq.sum(1).sqrt()
-        scale_total = self.target.to(dtype) / total
-        scale_layer = self.layer_target.to(dtype) / sq.sqrt()
-        scale = torch.where((self.kind == 2).unsqueeze(1), scale_layer, scale_total.unsqueeze(1))
+        scale_total = self.target[rows].to(dtype) / sq.sum(1).sqrt()
+        scale_layer = self.layer_target[rows].to(dtype) / sq.sqrt()
+        scale = torch.where((kind == 2).unsqueeze(1), scale_layer, scale_total.unsqueeze(1))
         scale = torch.where(on.unsqueeze(1), scale, torch.ones_like(scale))
         for j, name in enumerate(self.matrices):
             t = P[name]

@@ -69,33 +69,32 @@ class Batch:
     y: torch.Tensor  # (c, N, 1) labels
     ia: torch.Tensor  # (c * N,) rows of the group's stacked [E@W1a; E@W1b] table (MLP) or E table
     ib: torch.Tensor
-    gather: torch.Tensor | None = None  # MLP: CSR 0/1 (c * N, c * 2p): row n picks table rows a_n, p + b_n
-    scatter: torch.Tensor | None = None  # MLP: its transpose, sums example rows into table rows
+    iab: torch.Tensor | None = None  # (c * N, 2): both, for embedding_bag
+    scatter: torch.Tensor | None = None  # MLP: CSR 0/1 (c * 2p, c * N), sums example rows into table rows
 
 
-def make_batches(train_idx: torch.Tensor, labels: torch.Tensor, p: int, chunk: int, rows_per_member: int,
+def make_batches(train_idx: torch.Tensor, labels: torch.Tensor, p: int, chunk: int, paired: bool,
                  dtype: torch.dtype = torch.float32) -> list[Batch]:
-    """Split members into groups of `chunk` (cache-sized work) and precompute their gather indices.
+    """Split members into groups of `chunk` and precompute their gather indices.
 
-    `rows_per_member` is the table height per member: 2p for the MLP's [Pa; Pb] table (b rows offset
-    by p), p for a plain token table.
+    paired (MLP): one table of 2p rows per member, row 2x holding token x's a-half, row 2x + 1 its
+    b-half; else (transformer) a table of p token rows per member.
     """
     out = []
     M = train_idx.shape[0]
-    b_off = p if rows_per_member == 2 * p else 0
     for s in range(0, M, chunk):
         e = min(M, s + chunk)
         idx = train_idx[s:e]
         a, b = idx // p, idx % p
-        off = (torch.arange(e - s, device=idx.device) * rows_per_member)[:, None]
-        ia = (a + off).reshape(-1)
-        ib = (b + b_off + off).reshape(-1)
-        batch = Batch(s, e, a, b, labels[idx].unsqueeze(-1), ia, ib)
-        if rows_per_member == 2 * p:  # the MLP gathers and scatters table rows with sparse 0/1 products
-            n, n_rows = ia.numel(), (e - s) * rows_per_member
+        off = (torch.arange(e - s, device=idx.device) * p)[:, None]
+        ia, ib = (a + off).reshape(-1), (b + off).reshape(-1)
+        if paired:
+            ia, ib = 2 * ia, 2 * ib + 1
+        batch = Batch(s, e, a, b, labels[idx].unsqueeze(-1), ia, ib, torch.stack([ia, ib], 1))
+        if paired:  # the MLP's backward scatters into table rows with a sparse 0/1 product
+            n = ia.numel()
             ex = torch.arange(n, device=idx.device)
-            batch.gather = _csr(torch.cat([ex, ex]), torch.cat([ia, ib]), (n, n_rows), dtype)
-            batch.scatter = _csr(torch.cat([ia, ib]), torch.cat([ex, ex]), (n_rows, n), dtype)
+            batch.scatter = _csr(torch.cat([ia, ib]), torch.cat([ex, ex]), (2 * p * (e - s), n), dtype)
         out.append(batch)
     return out
 
@@ -126,7 +125,7 @@ class MLP:
             ParamSpec("b2", (p,), False, "zeros"),
         ]
         self.alloc_layers = ("E", "W2")  # the layers the allocation clamp trades norm between
-        self.table_rows = 2 * p
+        self.paired = True  # table rows: a- and b-halves per token
         self.work_per_member = d_hidden  # width of the (N x width) activations, for chunk sizing
         self.p_pad = -(-p // 16) * 16  # logits computed 16-wide: GEMMs with p=59 columns run ~1.5x slower
 
@@ -141,13 +140,16 @@ class MLP:
         return W2p, b2p
 
     def tables(self, P: dict) -> torch.Tensor:
-        """[E @ W1a + b1 ; E @ W1b] per member: (c, 2p, H). The a-rows carry b1."""
+        """(c, p, 2H): row x = [E[x] @ W1a + b1, E[x] @ W1b], one GEMM against W1's halves side by side."""
         E, W1, b1 = P["E"], P["W1"], P["b1"]
-        return torch.cat([torch.baddbmm(b1.unsqueeze(1), E, W1[:, : self.d]), torch.bmm(E, W1[:, self.d:])], 1)
+        c, d, H = E.shape[0], self.d, self.H
+        T = torch.bmm(E, W1.view(c, 2, d, H).permute(0, 2, 1, 3).reshape(c, d, 2 * H))
+        T[..., :H] += b1.unsqueeze(1)
+        return T
 
     def forward(self, P: dict, batch: Batch) -> torch.Tensor:
         """Logits (c, N, p) of the batch's training pairs; differentiable (tests, reference)."""
-        T = self.tables(P).reshape(-1, self.H)
+        T = self.tables(P).reshape(-1, self.H)  # rows 2x, 2x + 1: token x's a- and b-halves
         pre = (T.index_select(0, batch.ia) + T.index_select(0, batch.ib)).view(batch.e - batch.s, -1, self.H)
         return torch.baddbmm(P["b2"].unsqueeze(1), F.gelu(pre), P["W2"])
 
@@ -162,24 +164,20 @@ class MLP:
         N = batch.a.shape[1]
         E, W1 = P["E"], P["W1"]
         T = self.tables(P)
-        pre = ws.get("pre", (c, N, H), T)
-        torch.mm(batch.gather, T.view(-1, H), out=pre.view(-1, H))  # (E@W1a + b1)[a] + (E@W1b)[b]
+        pre = F.embedding_bag(batch.iab, T.view(-1, H), mode="sum").view(c, N, H)  # Ta[a] + Tb[b]
         h = torch._C._nn.gelu(pre, out=ws.get("h", (c, N, H), T))
         W2p, b2p = self._readout(P, float("-inf") if loss == "ce" else 0.0)
         z = torch.baddbmm(b2p, h, W2p, out=ws.get("z", (c, N, self.p_pad), T))  # pads: no loss, no grad
         value, dz = levers.loss_and_dlogits(z, batch.y, inv_tau, loss)
-        G["W2"].copy_(torch.bmm(h.transpose(1, 2), dz)[..., :p])
+        G["W2"].copy_(torch.bmm(dz.transpose(1, 2), h)[:, :p].transpose(1, 2))  # dz^T h: the faster layout
         G["b2"].copy_(dz.sum(1)[:, :p])
         dh = torch.bmm(dz, W2p.transpose(1, 2), out=h)
         dpre = torch.ops.aten.gelu_backward.grad_input(dh, pre, approximate="none", grad_input=pre)
         torch.sum(dpre, 1, out=G["b1"])
-        dT = torch.mm(batch.scatter, dpre.view(-1, H), out=ws.get("dT", (c * 2 * p, H), T)).view(c, 2 * p, H)
-        dPa, dPb = dT[:, :p], dT[:, p:]
-        torch.bmm(dPa, W1[:, :d].transpose(1, 2), out=G["E"])
-        G["E"].baddbmm_(dPb, W1[:, d:].transpose(1, 2))
-        Et = E.transpose(1, 2)
-        G["W1"][:, :d] = torch.bmm(Et, dPa)
-        G["W1"][:, d:] = torch.bmm(Et, dPb)
+        dT = torch.mm(batch.scatter, dpre.view(-1, H), out=ws.get("dT", (c * 2 * p, H), T)).view(c, p, 2 * H)
+        W1s = W1.view(c, 2, d, H).permute(0, 2, 1, 3).reshape(c, d, 2 * H)  # [W1a | W1b]
+        torch.bmm(dT, W1s.transpose(1, 2), out=G["E"])
+        G["W1"].view(c, 2, d, H).copy_(torch.bmm(E.transpose(1, 2), dT).view(c, d, 2, H).transpose(1, 2))
         return value
 
     def grid_logits(self, P: dict, rows: slice, T: torch.Tensor | None = None,
@@ -192,7 +190,7 @@ class MLP:
         ws = ws or Workspace()
         c, r, p, H = T.shape[0], rows.stop - rows.start, self.p, self.H
         pre = ws.get("grid", (c, r, p, H), T)
-        torch.add(T[:, rows].unsqueeze(2), T[:, p:].unsqueeze(1), out=pre)
+        torch.add(T[:, rows, :H].unsqueeze(2), T[:, :, H:].unsqueeze(1), out=pre)
         h = torch._C._nn.gelu_(pre).view(c, r * p, H)
         W2p, b2p = self._readout(P, 0.0)
         z = torch.baddbmm(b2p, h, W2p, out=ws.get("grid_z", (c, r * p, self.p_pad), T))
@@ -235,7 +233,7 @@ class Transformer:
             for n in ("ln1", "ln2", "lnf"):
                 self.specs += [ParamSpec(f"{n}_g", (d,), False, "ones"), ParamSpec(f"{n}_b", (d,), False, "zeros")]
         self.alloc_layers = ("E", "W_U")
-        self.table_rows = p
+        self.paired = False
         self.work_per_member = d_mlp
 
     def _ln(self, P: dict, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +276,9 @@ class Transformer:
     def loss_grads(self, P: dict, G: dict, batch: Batch, inv_tau: torch.Tensor, loss: str,
                    ws: Workspace | None = None) -> torch.Tensor:
         with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_(True) for k, v in P.items()}
+            # copies: a detached view would share its version counter with the whole (M, ...) tensor,
+            # which other worker threads update in place
+            leaves = {k: v.clone().requires_grad_(True) for k, v in P.items()}
             z = self._pairs(leaves, batch.ia, batch.ib, batch.a.shape[1])
             value = levers.loss_values(z, batch.y, inv_tau, loss)
             grads = torch.autograd.grad(value.sum(), list(leaves.values()))

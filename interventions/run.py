@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as e:     # the study cannot go on (e.g. no seed memorized before a fork point)
+        print(f"error: {study.source}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

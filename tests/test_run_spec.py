@@ -102,7 +102,7 @@ def test_dry_run_prints_graph_and_writes_nothing(tmp_path, tracking_uri, capsys)
     rc = main(["fork_study", "--preset", "smoke", "--dry-run", "--tracking-uri", tracking_uri])
     out = capsys.readouterr().out
     assert rc == 0
-    for text in ("trunk", "clamp_raised_tau1.3", "logit_matched", "derives from", "wave 3", "budget 1500"):
+    for text in ("trunk", "clamp_raised_tau1.3", "logit_matched", "derives from", "wave 3", "budget 800"):
         assert text in out
     assert not (tmp_path / "mlruns").exists()
 

@@ -61,7 +61,7 @@ def test_imported_numbers_match_the_paper(imported):
     assert arms.loc["p59_clamp_raised", "t_grok"] == m59[m59["clamp"] == "clamp_raised"]["t_grok"].median()
     assert arms.loc["p59_free", "n_seeds"] == 12 and arms.loc["p59_free", "n_grokked"] == 12
     assert set(arms["loss"]) == {"ce"} and set(arms["tau"]) == {1.0}
-    assert set(arms["tau_source"]) == {"derived:samestate design default"}
+    assert set(arms["tau_source"]) == {"default:samestate design"}
 
 
 def test_query_frames_are_typed(imported):

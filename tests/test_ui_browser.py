@@ -34,6 +34,8 @@ STUDY = "fork_study"
 
 PIN = "div.ag-pinned-left-cols-container div.ag-row"   # one copy of each runs-table row
 NAME_CELL = '[col-id="attributes.`Run Name`"]'
+COLUMN_PICK = "span.du-bois-light-tree-node-content-wrapper"      # an entry of the Columns menu
+SUMMARY_COLUMNS = ["t_grok", "logit_scale_at_grok"]
 
 
 # ----------------------------------------------------------------------------------------- the store
@@ -52,64 +54,13 @@ def _build_store(uri: str) -> str:
     return experiment
 
 
-def _build_store_recorder(uri: str, tmp: Path) -> str:
-    """Interim stand-in: the smoke study's run layout written with tracking.recorder (synthetic numbers)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from tracking.recorder import Recorder
-    experiment = f"{STUDY}-smoke"
-    levers = {"trunk": ("none", 1.0), "free": ("none", 1.0), "clamp_same": ("n0", 1.0),
-              "clamp_raised": ("n0", 1.15), "clamp_lowered": ("n0", 1 / 1.15)}
-    rec = Recorder(uri, experiment, background=False)
-    study = rec.run("study", STUDY, tags={"study": STUDY}, description="same-state fork (smoke)",
-                    params={"design": "fork", "preset": "smoke", "n_arms": len(levers), "n_seeds": 2})
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for i, arm in enumerate(levers):
-        ax.annotate(arm, (1, i), xytext=(0, 2), arrowprops={"arrowstyle": "->"})
-    ax.set_xlim(-0.5, 2)
-    ax.set_ylim(-0.5, len(levers))
-    fig.savefig(tmp / "graph.png")
-    plt.close(fig)
-    rec.log_artifact(study, str(tmp / "graph.png"))
-    for i, (arm, (clamp, rho)) in enumerate(levers.items()):
-        prm = {"arm": arm, "p": 11, "model": "mlp", "loss": "ce", "precision": "float32", "rho": rho,
-               "tau": 1.0, "clamp": clamp, "gamma": 0.0, "train_fraction": 0.4, "lr": 0.01,
-               "weight_decay": 1.0, "t_int": 100, "w_c": "none", "budget": 1500, "eval_every": 25,
-               "fork_from": "none" if arm == "trunk" else "trunk", "fork_step": 100,
-               "tau_source": "given", "design": "fork"}
-        tags = {"study": STUDY, "arm": arm}
-        aid = rec.run("arm", arm, parent_id=study, params=prm, tags=tags,
-                      description=f"{arm}: clamp {clamp} at {rho:.4g} x N0, tau 1; forks trunk@100")
-        t_grok, scale = [], []
-        for seed in range(2):
-            mid = rec.run("member", f"{arm} seed={seed}", parent_id=aid, params={**prm, "seed": seed},
-                          tags={**tags, "seed": seed}, description=f"{arm}; seed {seed}")
-            t_grok.append(400.0 + 75 * i + 25 * seed)
-            scale.append(14.0 + 0.37 * i + 0.1 * seed)
-            steps = range(50, 1501, 50)
-            rec.log_curves(mid, {"train/acc": [(s, min(1.0, s / 200)) for s in steps],
-                                 "test/acc": [(s, min(1.0, s / t_grok[-1])) for s in steps],
-                                 "logit/scale": [(s, scale[-1] + 1 - s / 1500) for s in steps],
-                                 "norm/total": [(s, 17.0 - s / 500) for s in steps]})
-            rec.log_summary(mid, {"t_mem": 50, "t_grok": t_grok[-1], "delay": t_grok[-1] - 50,
-                                  "logit_scale_at_grok": scale[-1], "grokked": 1, "diverged": 0})
-            rec.finish(mid)
-        rec.log_summary(aid, {"t_mem": 50, "t_grok": sum(t_grok) / 2, "delay": sum(t_grok) / 2 - 50,
-                              "logit_scale_at_grok": sum(scale) / 2, "n_seeds": 2, "n_grokked": 2})
-        rec.finish(aid)
-    rec.finish(study)
-    rec.close()
-    return experiment
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """(uri, experiment, runs by name) of a fresh smoke fork study."""
     from mlflow.tracking import MlflowClient
     folder = tmp_path_factory.mktemp("ui_store")
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-    experiment = _build_store_recorder(uri, folder)
+    experiment = _build_store(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"{uri}: experiment {experiment!r} missing after the study ran"
@@ -205,10 +156,12 @@ def shots(tmp_path_factory):
     """Screenshot writer: shots("01_runs") -> <tmp>/ui_screens/01_runs.png."""
     folder = tmp_path_factory.mktemp("ui_screens")
     print(f"\nUI screenshots: {folder}")
+    t0 = time.monotonic()
 
     def take(driver, name: str) -> Path:
         path = folder / f"{name}.png"
         driver.save_screenshot(str(path))
+        print(f"  {time.monotonic() - t0:6.1f} s  {path.name}")
         return path
     take.folder = folder
     return take
@@ -225,15 +178,12 @@ def _row(run) -> str:
 
 
 def _close_assistant(driver) -> None:
-    """The assistant side panel opens by default and eats a third of the width; close it when shown."""
-    from selenium.common.exceptions import TimeoutException
+    """The assistant side panel opens by default and takes a third of the width; close it if shown."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    try:
-        _wait(driver, 10).until(EC.element_to_be_clickable(
-            (By.CSS_SELECTOR, 'button[data-component-id="mlflow.assistant.chat_panel.close"]'))).click()
-    except TimeoutException:
-        pass   # not shown in this MLflow version/profile: nothing to close
+    for button in driver.find_elements(
+            By.CSS_SELECTOR, 'button[data-component-id="mlflow.assistant.chat_panel.close"]'):
+        if button.is_displayed():
+            button.click()
 
 
 def _toggle(driver, run) -> None:
@@ -253,11 +203,13 @@ def _name_link(driver, run):
 
 
 def _metric_row_values(driver, key: str, n: int) -> list[str]:
-    """The n value cells a user sees on the compare page in the row labelled `key`.
+    """The n values a user reads on the compare page in the metric row labelled `key`.
 
-    The metric table is two virtualized grids (labels, values) scrolled together by the mouse wheel; a
-    row exists in the DOM only near the viewport. So: wheel-scroll over the values until the label is
-    rendered, then take the value cells at the label's height (what a reader lines up by eye).
+    The metric table is two virtualized grids side by side (names | values), at most ~6 rows tall; rows
+    exist in the DOM only near the viewport, and only the values grid scrolls (the wheel). MLflow 3.17
+    copies the values' scroll position to the names one scroll event late, so after a single big jump
+    the names sit a row off their values. So: wheel down in one-row steps (as smooth scrolling does),
+    nudge until both grids agree, then take the value cells level with the name.
     """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
@@ -269,22 +221,49 @@ def _metric_row_values(driver, key: str, n: int) -> list[str]:
                 return a
         return None
 
+    def wheel(dx: int, dy: int) -> None:
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(values_grid), dx, dy).perform()
+
+    def tops() -> tuple[int, int]:
+        return driver.execute_script("return [arguments[0].scrollTop, arguments[1].scrollTop]",
+                                     names_grid, values_grid)
+
     first = _wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, 'a[title="Plot chart"]'))[0]
-    labels_grid = first.find_element(By.XPATH, './ancestor::div[@role="grid"][1]')
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", labels_grid)
-    values_grid = labels_grid.find_element(
-        By.XPATH, './following::div[@role="grid"][1]')
-    deadline = time.monotonic() + WAIT_S
+    names_grid = first.find_element(By.XPATH, './ancestor::div[@role="grid"][1]')
+    values_grid = names_grid.find_element(By.XPATH, './following::div[@role="grid"][1]')
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", values_grid)
+    if driver.execute_script("return arguments[0].scrollLeft", values_grid):
+        wheel(-5000, 0)    # first value column fully in view
+    if tops()[1]:
+        wheel(0, -100000)  # from the top: rows are sorted by name
+        _wait(driver, 5).until(lambda _: tops()[1] == 0)
     while (lab := label()) is None or not _inside(lab, values_grid):
-        assert time.monotonic() < deadline, f"compare page: no metric row {key!r} after scrolling"
-        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(values_grid), 0, 90).perform()
-        time.sleep(0.2)
+        before = tops()[1]
+        wheel(0, 45)
+        _wait(driver, 5).until(lambda _: tops()[1] != before, f"compare page: no metric row {key!r} "
+                               f"(scrolled to the bottom of the metric table)")
+    for step in [-1, 1, -1, 1]:           # late sync: each nudge brings the names to the values
+        names_top, values_top = tops()
+        if abs(names_top - values_top) <= 2:
+            break
+        wheel(0, step)
+        time.sleep(0.3)
+    names_top, values_top = tops()
+    assert abs(names_top - values_top) <= 2, \
+        f"compare page: metric names scrolled to {names_top}px but values to {values_top}px"
+    lab = label()
     y = lab.rect["y"] + lab.rect["height"] / 2
     cells = [c for c in values_grid.find_elements(By.XPATH, "./div/div")
              if c.rect["y"] <= y <= c.rect["y"] + c.rect["height"]]
     cells.sort(key=lambda c: c.rect["x"])
     assert len(cells) == n, f"compare page: row {key!r} shows {len(cells)} values, expected {n}"
     return [c.text.strip() for c in cells]
+
+
+def _cut(link) -> bool:
+    """True when the browser shows this run name cut short with an ellipsis."""
+    return link.parent.execute_script(
+        "const t = arguments[0].firstElementChild || arguments[0]; return t.scrollWidth > t.clientWidth;", link)
 
 
 def _inside(el, box) -> bool:
@@ -304,7 +283,9 @@ def _close(shown: str, stored: float) -> bool:
 
 # ----------------------------------------------------------------------------------------- the tests
 def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     uri, experiment, runs = store
     d = browser
@@ -315,8 +296,8 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
         (By.XPATH, "//*[normalize-space(text())='Model training']"))).click()
     _wait(d).until(EC.element_to_be_clickable((By.LINK_TEXT, experiment))).click()
     _wait(d).until(EC.url_contains("/runs"))
-    _close_assistant(d)
     study_link = _name_link(d, runs[STUDY])
+    _close_assistant(d)
     assert study_link.text.strip() == STUDY
     shots(d, "01_runs_table")
 
@@ -330,19 +311,41 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
         assert link.location["x"] == arm_x, "arms of one study not at one indentation"
     assert arm_x > study_link.location["x"], "arms not indented under the study"
 
-    # 3. Expand one arm: its members, one per seed, one level deeper.
+    # 3. Columns -> tick the summaries: the arms' seed-median t_grok and logit_scale_at_grok in the table.
+    #    (MLflow 3 hides metric columns until picked: "Show more columns (N total)".)
+    _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Columns']"))).click()
+    for key in SUMMARY_COLUMNS:
+        _wait(d).until(EC.element_to_be_clickable((By.CSS_SELECTOR, f'{COLUMN_PICK}[title="{key}"]'))).click()
+    shots(d, "03_columns_menu")
+    d.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    _wait(d).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, COLUMN_PICK)))
+    for arm in FORK_ARMS:
+        for key in SUMMARY_COLUMNS:
+            cell = _wait(d).until(EC.presence_of_element_located((By.CSS_SELECTOR,
+                f'div.ag-center-cols-container div.ag-row[row-id="{runs[arm].info.run_id}"] '
+                f'[col-id="metrics.`{key}`"]')))
+            assert _close(cell.text.strip(), runs[arm].data.metrics[key]), \
+                f"runs table shows {key}={cell.text!r} for {arm}, store has {runs[arm].data.metrics[key]}"
+    shots(d, "04_summary_columns")
+
+    # 4. Expand one arm: its members, one per seed, one level deeper; widen the name column (it cuts
+    #    "clamp_raised seed=0" to "clamp_rais...") by dragging the header edge, as a user would.
     _toggle(d, runs[OPENED_ARM])
     members = sorted((r for n, r in runs.items()
                       if r.data.tags.get("role") == "member" and r.data.tags.get("arm") == OPENED_ARM),
                      key=lambda r: r.info.run_name)
     assert members, f"{uri}: no member runs of {OPENED_ARM}"
-    for m in members:
-        link = _name_link(d, m)
+    links = [_name_link(d, m) for m in members]
+    if any(_cut(link) for link in links):
+        edge = d.find_element(By.CSS_SELECTOR, f'.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize')
+        ActionChains(d).drag_and_drop_by_offset(edge, 160, 0).perform()
+    for m, link in zip(members, links):
         assert link.text.strip() == m.info.run_name == f"{OPENED_ARM} seed={m.data.tags['seed']}"
         assert link.location["x"] > arm_x, "members not indented under the arm"
-    shots(d, "03_members")
+        assert not _cut(link), f"runs table cuts {m.info.run_name!r} even after widening the name column"
+    shots(d, "05_members")
 
-    # 4. Collapse it again (ticking an expanded arm would tick its seeds too), tick the arms, Compare.
+    # 5. Collapse it again (ticking an expanded arm would tick its seeds too), tick the arms, Compare.
     _toggle(d, runs[OPENED_ARM])
     for m in members:
         _wait(d).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, _row(m))))
@@ -350,7 +353,7 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
         box = d.find_element(By.CSS_SELECTOR, f"{_row(runs[arm])} input.ag-checkbox-input")
         box.click()
         _wait(d).until(lambda _: box.is_selected())
-    shots(d, "04_arms_ticked")
+    shots(d, "06_arms_ticked")
     _wait(d).until(EC.element_to_be_clickable(
         (By.CSS_SELECTOR, 'button[data-testid="runs-compare-button"]'))).click()
     _wait(d).until(EC.url_contains("compare-runs"))
@@ -359,16 +362,16 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
     selected = json.loads(d.current_url.split("runs=", 1)[1].split("&", 1)[0].replace("%22", '"'))
     assert sorted(selected) == sorted(runs[a].info.run_id for a in FORK_ARMS)
     _close_assistant(d)
-    shots(d, "05_compare")
+    shots(d, "07_compare")
 
-    # 5. The compare page: the run names head the columns, t_grok and logit_scale_at_grok line up under them.
+    # 6. The compare page: the run names head the columns, t_grok and logit_scale_at_grok line up under them.
     name_row = _wait(d).until(EC.presence_of_element_located(
         (By.XPATH, "//*[normalize-space(text())='Run Name:']/ancestor::tr[1]")))
     columns = [td.text.strip() for td in name_row.find_elements(By.XPATH, "./td")]
     assert sorted(columns) == sorted(FORK_ARMS), f"compare page columns: {columns}"
     for key in ["t_grok", "logit_scale_at_grok"]:
         shown = _metric_row_values(d, key, len(columns))
-        shots(d, f"06_compare_{key}")
+        shots(d, f"08_compare_{key}")
         for arm, value in zip(columns, shown):
             stored = runs[arm].data.metrics.get(key)
             assert stored is not None, f"{uri}: arm {arm} has no {key} (did it grok?)"
@@ -383,9 +386,9 @@ def test_study_graph_opens_as_an_image(store, server, browser, shots):
     study = runs[STUDY]
     d = browser
     d.get(f"{server}/#/experiments/{study.info.experiment_id}/runs/{study.info.run_id}/artifacts")
-    _close_assistant(d)
     _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='graph.png']"))).click()
-    img = _wait(d).until(EC.visibility_of_element_located((By.CSS_SELECTOR, 'img[src*="graph.png"]')))
+    img = _wait(d).until(EC.visibility_of_element_located((By.CSS_SELECTOR, 'img[alt="graph.png"]')))
     _wait(d).until(lambda _: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img))
+    _close_assistant(d)
     assert img.size["width"] > 200 and img.size["height"] > 100, f"graph.png shown at {img.size}"
-    shots(d, "07_study_graph")
+    shots(d, "09_study_graph")

@@ -157,7 +157,7 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
             params[key] = defaults[key]
             notes.append(f"{key}={defaults[key]} (design default)")
     params["tau_source"] = "given" if "tau" in d else (
-        f"derived:{design} design default" if params["tau"] != "none" else "none")
+        f"default:{design} design" if params["tau"] != "none" else "none")
 
     per_seed = {name: _per_seed(d, key, n).astype(float) for key, name in PER_SEED.items() if key in d}
     diverged = [None] * n   # the release records it for some cells only, as one flag or per seed

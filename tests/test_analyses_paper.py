@@ -1,0 +1,103 @@
+"""The report reproduces every figure of PAPER.md's "Published figures at p = 59" from the raw data.
+
+A fresh store gets the p = 59 files of the paper's folders through the importer (tracking.import_npz);
+each paper experiment is then reported and its JSON and Markdown checked at the paper's printed precision.
+"""
+import json
+
+import pytest
+
+from analyses import report
+
+# folder -> file-name filter (p = 59, CE: the published table; MSE and p = 97 come out of the same code)
+FOLDERS = {"mediation": "mlp_ce_full_p59_", "collapse": "_p59_grid", "dose": "_p59_clamp",
+           "alloc": "_p59_", "samestate": "p59_"}
+
+
+@pytest.fixture(scope="session")
+def p59(paper_metrics, tmp_path_factory):
+    from tracking.import_npz import import_dir
+    root = tmp_path_factory.mktemp("paper59")
+    src = root / "paper-metrics"
+    for folder, token in FOLDERS.items():
+        (src / folder).mkdir(parents=True)
+        for f in (paper_metrics / folder).glob("*.npz"):
+            if token in f.name and not f.stem.endswith("_weights"):
+                (src / folder / f.name).symlink_to(f)
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    import_dir(src, uri, log=lambda *_: None)
+    out = {}
+    for folder in FOLDERS:
+        d = root / "reports" / folder
+        made = report.make_report(f"paper/{folder}", uri, d, d / "report.json", log=folder == "samestate")
+        out[folder] = (json.loads((d / "report.json").read_text()), (d / "report.md").read_text(), made)
+    return uri, out
+
+
+def only(rows):
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_recovery_and_tau_sweep(p59):
+    res, md, _ = p59[1]["mediation"]
+    assert set(res) == {"recovery", "memorization_control", "mediation"}
+    r = only(res["recovery"])
+    assert (r["T0"], r["T1"], round(r["T2_interpolated"])) == (3675, 12600, 5166)
+    assert [round(x, 3) for x in (r["estimate"], r["ci_low"], r["ci_high"])] == [0.833, 0.818, 0.852]
+    assert r["T2_realized"] is None and r["n_seeds"] == 12
+    assert [round(x["T"]) for x in r["sweep"]] == [12600, 9100, 6825, 4700, 3450]
+    assert [round(x["L"], 2) for x in r["sweep"]] == [34.31, 29.46, 26.50, 23.13, 20.89]
+    assert round(r["L_baseline"], 2) == 23.87
+    assert "| 3675 | 12600 | 5166 | 0.833 [0.818, 0.852] |" in md
+    for tau, T, L in [("1", 12600, "34.31"), ("1.15", 9100, "29.46"), ("1.3", 6825, "26.50"),
+                      ("1.5", 4700, "23.13"), ("1.7", 3450, "20.89")]:
+        assert f"| {tau} | {T} | {L} |" in md
+    assert "L at grok 23.87" in md
+
+
+def test_memorization_control_and_mediation(p59):
+    res, md, _ = p59[1]["mediation"]
+    assert round(only(res["memorization_control"])["delay_share"], 3) == 1.003
+    assert "| 1.003 |" in md
+    m = only(res["mediation"])
+    assert m["mediator"].startswith("arm-level") and m["n"] == 72
+    assert 0 < m["acme"] < m["total"] and m["ci_low"] < m["prop_mediated"] < m["ci_high"]
+    assert "Limits:" in md
+
+
+def test_collapse(p59):
+    res, md, _ = p59[1]["collapse"]
+    assert set(res) == {"collapse"}
+    c = only(res["collapse"])
+    assert c["n_cells"] == 12
+    assert [round(c[k], 3) for k in ("r2_logit", "r2_rho", "r2_both", "delta_r2_rho")] == [0.968, 0.407, 0.988, 0.020]
+    assert "| 12 | 0.968 | 0.407 | 0.988 | 0.020 |" in md
+
+
+def test_same_state_fork_and_its_report_run(p59):
+    uri, out = p59
+    res, md, made = out["samestate"]
+    f = only(res["fork"])
+    assert f["delays"] == {"clamp_lowered": 1525, "free": 4225, "clamp_same": 7200, "clamp_raised": 24162.5}
+    assert [round(x, 2) for x in (f["ratio_raised_same"], f["ci_low"], f["ci_high"])] == [3.36, 3.27, 3.43]
+    assert (f["ordered_seeds"], f["n_seeds"]) == (12, 12)
+    assert "| 800 | 1525 | 4225 | 7200 | 24162 | 3.36 [3.27, 3.43] | 12/12 |" in md
+    from mlflow import MlflowClient
+    from tracking.query import load_runs
+    run = only(load_runs("paper/samestate", uri, role="report").to_dict("records"))
+    names = {a.path for a in MlflowClient(uri).list_artifacts(run["run_id"])}
+    assert {"report.md", "report.json", "fork_p_59_ce_mlp_float32.png"} <= names
+
+
+def test_dose_law(p59):
+    res, md, _ = p59[1]["dose"]
+    d = only(res["dose_law"])
+    assert (round(d["alpha"], 3), round(d["r2"], 3), d["n"], round(d["delta_aic"], 2)) == (0.140, 0.991, 7, 6.40)
+    assert "| 0.140 | 0.991 | 7 | 6.40 |" in md
+
+
+def test_allocation_swing(p59):
+    res, md, _ = p59[1]["alloc"]
+    assert round(only(res["allocation"])["swing"], 1) == 2.2
+    assert "| 2.2 |" in md
