@@ -157,6 +157,15 @@ def _new_record(m: MemberConfig, start: int) -> dict:
 INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok")
 
 
+def detect_times(evals: list[tuple[int, float, float]], mem_threshold: float = 0.99,
+                 grok_threshold: float = 0.90) -> tuple[int | None, int | None]:
+    """(t_mem, t_grok) of an eval series [(step, train acc, test acc), ...] in step order (PAPER.md):
+    the first evaluated step with train acc >= mem_threshold, and with test acc >= grok_threshold."""
+    t_mem = next((t for t, tr, _ in evals if tr >= mem_threshold), None)
+    t_grok = next((t for t, _, te in evals if te >= grok_threshold), None)
+    return t_mem, t_grok
+
+
 class Cohort:
     def __init__(self, cfg: CohortConfig, members: list[MemberConfig],
                  init: list[MemberState | None] | None = None):
@@ -411,9 +420,10 @@ class Cohort:
         for i, m in enumerate(self.members):
             rec = self.records[m.key]
             rec["evals"].append((t, tr[i], te[i]))
-            if rec["t_mem"] is None and tr[i] >= self.cfg.mem_threshold:
+            t_mem, t_grok = detect_times([(t, tr[i], te[i])], self.cfg.mem_threshold, self.cfg.grok_threshold)
+            if rec["t_mem"] is None and t_mem is not None:
                 rec["t_mem"] = t
-            if rec["t_grok"] is None and te[i] >= self.cfg.grok_threshold:
+            if rec["t_grok"] is None and t_grok is not None:
                 rec["t_grok"] = t
                 rec["logit_scale_at_grok"] = float(ev["logit/scale"][i])
                 rec["weight_norm_at_grok"] = float(ev["norm/total"][i])

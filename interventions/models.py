@@ -6,8 +6,10 @@ so the first layer is exactly two per-token lookups: for the MLP, concat(E[a], E
 transformer, everything before the mixing at "=" is a function of one token. Tables over the p tokens
 replace the (N x 2d) @ W1 product (the MLP's largest FLOP cost) and are gathered with flat indices.
 
-Init: every matrix N(0, 1) / sqrt(fan_in) with fan_in its input dimension (rows); for the embeddings
-(E, pos) that is the embedding width, which reproduces the released step-1 norms (|E| ~ sqrt(p)).
+Init: every matrix N(0, 1) / sqrt(fan_in), fan_in = its input width (rows, for x @ W); for the
+embeddings (E, pos), whose rows are looked up rather than mixed, fan_in = the embedding width (as
+nn.Linear-style code treating E as a d-wide layer would). This reproduces the released step-1 norms:
+p=59 MLP |E| 7.68 ~ sqrt(p), |W1| 16.0, |W2| 7.68; the transformer's total 35.7.
 Biases (and LayerNorm shifts) zero, LayerNorm gains one. Matrices come first in `specs`.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]
     matrix: bool  # in weight_norm, weight-decayed and clamped; vectors (biases, LN) are none of those
-    init: str  # "normal" (N(0,1)/sqrt(shape[0])), "zeros", "ones"
+    init: str  # "normal" (N(0,1)/sqrt(fan_in)), "zeros", "ones"
+    fan_in: int = 0  # "normal": the input width; embeddings: their width (rows are looked up, not mixed)
 
 
 def init_member(specs: list[ParamSpec], gen: torch.Generator, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -35,7 +38,7 @@ def init_member(specs: list[ParamSpec], gen: torch.Generator, dtype: torch.dtype
     out = {}
     for s in specs:
         if s.init == "normal":
-            t = torch.randn(s.shape, generator=gen, dtype=torch.float64) / math.sqrt(s.shape[0])
+            t = torch.randn(s.shape, generator=gen, dtype=torch.float64) / math.sqrt(s.fan_in)
         elif s.init == "zeros":
             t = torch.zeros(s.shape, dtype=torch.float64)
         else:
@@ -118,9 +121,9 @@ class MLP:
     def __init__(self, p: int, d_embed: int = 128, d_hidden: int = 256):
         self.p, self.d, self.H = p, d_embed, d_hidden
         self.specs = [
-            ParamSpec("E", (p, d_embed), True, "normal"),
-            ParamSpec("W1", (2 * d_embed, d_hidden), True, "normal"),
-            ParamSpec("W2", (d_hidden, p), True, "normal"),
+            ParamSpec("E", (p, d_embed), True, "normal", d_embed),
+            ParamSpec("W1", (2 * d_embed, d_hidden), True, "normal", 2 * d_embed),
+            ParamSpec("W2", (d_hidden, p), True, "normal", d_hidden),
             ParamSpec("b1", (d_hidden,), False, "zeros"),
             ParamSpec("b2", (p,), False, "zeros"),
         ]
@@ -173,8 +176,8 @@ class MLP:
         G["b2"].copy_(dz.sum(1)[:, :p])
         dh = torch.bmm(dz, W2p.transpose(1, 2), out=h)
         dpre = torch.ops.aten.gelu_backward.grad_input(dh, pre, approximate="none", grad_input=pre)
-        torch.sum(dpre, 1, out=G["b1"])
         dT = torch.mm(batch.scatter, dpre.view(-1, H), out=ws.get("dT", (c * 2 * p, H), T)).view(c, p, 2 * H)
+        torch.sum(dT[..., :H], 1, out=G["b1"])  # every example lands in exactly one a-half row
         W1s = W1.view(c, 2, d, H).permute(0, 2, 1, 3).reshape(c, d, 2 * H)  # [W1a | W1b]
         torch.bmm(dT, W1s.transpose(1, 2), out=G["E"])
         G["W1"].view(c, 2, d, H).copy_(torch.bmm(E.transpose(1, 2), dT).view(c, d, 2, H).transpose(1, 2))
@@ -219,15 +222,15 @@ class Transformer:
         self.p, self.d, self.nh, self.dh, self.d_mlp, self.ln = p, d_model, n_heads, d_model // n_heads, d_mlp, layernorm
         d = d_model
         self.specs = [
-            ParamSpec("E", (p + 1, d), True, "normal"),
-            ParamSpec("pos", (3, d), True, "normal"),
-            ParamSpec("W_Q", (d, d), True, "normal"),
-            ParamSpec("W_K", (d, d), True, "normal"),
-            ParamSpec("W_V", (d, d), True, "normal"),
-            ParamSpec("W_O", (d, d), True, "normal"),
-            ParamSpec("W_in", (d, d_mlp), True, "normal"),
-            ParamSpec("W_out", (d_mlp, d), True, "normal"),
-            ParamSpec("W_U", (d, p), True, "normal"),
+            ParamSpec("E", (p + 1, d), True, "normal", d),
+            ParamSpec("pos", (3, d), True, "normal", d),
+            ParamSpec("W_Q", (d, d), True, "normal", d),
+            ParamSpec("W_K", (d, d), True, "normal", d),
+            ParamSpec("W_V", (d, d), True, "normal", d),
+            ParamSpec("W_O", (d, d), True, "normal", d),
+            ParamSpec("W_in", (d, d_mlp), True, "normal", d),
+            ParamSpec("W_out", (d_mlp, d), True, "normal", d_mlp),
+            ParamSpec("W_U", (d, p), True, "normal", d),
         ]
         if layernorm:
             for n in ("ln1", "ln2", "lnf"):

@@ -25,7 +25,7 @@ class AdamW:
         for sel, wd in groups:
             if not sel:
                 continue
-            steps = [torch.tensor(float(step))] * len(sel)  # read, not written, by the kernel
+            steps = [torch.tensor(float(step), device=params[sel[0]].device)] * len(sel)  # read-only
             torch._fused_adamw_([params[i] for i in sel], [grads[i] for i in sel], [exp_avg[i] for i in sel],
                                 [exp_avg_sq[i] for i in sel], [], steps, lr=self.lr, beta1=self.beta1,
                                 beta2=self.beta2, weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False)

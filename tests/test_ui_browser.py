@@ -2,9 +2,11 @@
 
 Starts `mlflow server` on a loopback port against a store made by the smoke fork study and walks the
 README's "Compare arms in the MLflow UI" steps: Model training -> the experiment -> expand the study run
-(arms by name) -> expand an arm (its seeds, one level deeper) -> collapse it, tick the arms, Compare ->
-`t_grok` and `logit_scale_at_grok` side by side, read off the screen and checked against the store.
-Every step leaves a screenshot in the test's temporary folder (path printed; `pytest -s` shows it).
+(arms by name) -> Columns (descriptions, t_grok, logit_scale_at_grok) -> expand an arm (its seeds, one
+level deeper) -> collapse it, tick the arms, Compare -> the same params on every arm and `t_grok`,
+`logit_scale_at_grok` side by side. Then an arm's curves grouped by prefix and the graph picture.
+Everything asserted is read off the screen and checked against the store. Every step leaves a
+screenshot in the test's temporary folder (path printed; `pytest -s` shows it).
 
 MLflow 3.17 UI facts this relies on (see /work/shared/MLFLOW-NOTES.md): the UI opens in GenAI mode
 (the "Model training" toggle switches to the runs table); the runs table is an AG Grid whose rows exist
@@ -31,6 +33,7 @@ WAIT_S = 60                     # generous: the CI machine is small and shared
 FORK_ARMS = ["free", "clamp_same", "clamp_raised", "clamp_lowered"]
 OPENED_ARM = "clamp_raised"     # the arm whose seeds the test unfolds
 STUDY = "fork_study"
+EXPERIMENT = f"{STUDY}-smoke"    # the CLI's experiment for a preset other than "default"
 
 PIN = "div.ag-pinned-left-cols-container div.ag-row"   # one copy of each runs-table row
 NAME_CELL = '[col-id="attributes.`Run Name`"]'
@@ -38,45 +41,22 @@ COLUMN_PICK = "span.du-bois-light-tree-node-content-wrapper"      # an entry of 
 SUMMARY_COLUMNS = ["t_grok", "logit_scale_at_grok"]
 
 
-# ----------------------------------------------------------------------------------------- the store
+# ----------------------------------------------------------------------------------------- the study, served
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _build_store(uri: str) -> str:
-    """The smoke fork study's store; returns the experiment name."""
-    experiment = f"{STUDY}-smoke"
+def _run_study(uri: str) -> None:
     cmd = [sys.executable, "-m", "interventions.run", STUDY, "--preset", "smoke", "--tracking-uri", uri]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    return experiment
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """(uri, experiment, runs by name) of a fresh smoke fork study."""
-    from mlflow.tracking import MlflowClient
-    folder = tmp_path_factory.mktemp("ui_store")
-    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-    experiment = _build_store(uri)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"{uri}: experiment {experiment!r} missing after the study ran"
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=5000)}
-    missing = [n for n in [STUDY, *FORK_ARMS, f"{OPENED_ARM} seed=0"] if n not in runs]
-    assert not missing, f"{uri}: runs {missing} missing (have {sorted(runs)[:20]})"
-    return uri, experiment, runs
-
-
-# ----------------------------------------------------------------------------------------- the server
-@pytest.fixture(scope="module")
-def server(store, tmp_path_factory):
-    """Base URL of `mlflow server` on a free loopback port; killed (whole process group) at teardown."""
-    uri = store[0]
+def _start_server(uri: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a free loopback port, in its own process group (so teardown kills it all)."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("ui_server") / "server.log"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server", "--backend-store-uri", uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -84,24 +64,54 @@ def server(store, tmp_path_factory):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc: subprocess.Popen, base: str, log: Path) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited ({proc.returncode}) before answering /health:\n"
+                        f"{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"mlflow server did not answer {base}/health within {WAIT_S} s:\n"
+                        f"{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def ui_study(tmp_path_factory):
+    """(base URL, uri, experiment, runs by name): the smoke fork study served by `mlflow server`.
+
+    The server starts while the study trains (it needs ~20 s to answer); the schema and the experiment
+    are made first, since two processes creating one SQLite schema at once race on its migrations.
+    The server's whole process group is killed at teardown, whatever happened.
+    """
+    from mlflow.tracking import MlflowClient
+    from tracking.store import ensure_experiment
+    folder = tmp_path_factory.mktemp("ui_study")
+    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    ensure_experiment(uri, EXPERIMENT)
+    log = folder / "server.log"
+    proc, base = _start_server(uri, log)
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}) before answering /health:\n"
-                            f"{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer {base}/health within {WAIT_S} s:\n"
-                            f"{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield base
+        _run_study(uri)
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=5000)}
+        missing = [n for n in [STUDY, *FORK_ARMS, f"{OPENED_ARM} seed=0"] if n not in runs]
+        assert not missing, f"{uri}: runs {missing} missing from {EXPERIMENT} (have {sorted(runs)[:20]})"
+        grokked = [a for a in FORK_ARMS if runs[a].data.metrics.get("t_grok") is not None]
+        assert len(grokked) >= 2, (f"{uri}: only {grokked} of {FORK_ARMS} grokked in the smoke study: "
+                                   f"nothing to compare (smoke preset of {STUDY}.yaml needs recalibrating)")
+        _wait_healthy(proc, base, log)
+        yield base, uri, EXPERIMENT, runs
     finally:
         _kill_group(proc)
 
@@ -163,7 +173,6 @@ def shots(tmp_path_factory):
         driver.save_screenshot(str(path))
         print(f"  {time.monotonic() - t0:6.1f} s  {path.name}")
         return path
-    take.folder = folder
     return take
 
 
@@ -208,7 +217,7 @@ def _metric_row_values(driver, key: str, n: int) -> list[str]:
     The metric table is two virtualized grids side by side (names | values), at most ~6 rows tall; rows
     exist in the DOM only near the viewport, and only the values grid scrolls (the wheel). MLflow 3.17
     copies the values' scroll position to the names one scroll event late, so after a single big jump
-    the names sit a row off their values. So: wheel down in one-row steps (as smooth scrolling does),
+    the names sit rows off their values. So: wheel down a few rows at a time until the row shows,
     nudge until both grids agree, then take the value cells level with the name.
     """
     from selenium.webdriver.common.action_chains import ActionChains
@@ -239,7 +248,7 @@ def _metric_row_values(driver, key: str, n: int) -> list[str]:
         _wait(driver, 5).until(lambda _: tops()[1] == 0)
     while (lab := label()) is None or not _inside(lab, values_grid):
         before = tops()[1]
-        wheel(0, 45)
+        wheel(0, 135)      # three rows; the window shows six, so the row cannot be skipped
         _wait(driver, 5).until(lambda _: tops()[1] != before, f"compare page: no metric row {key!r} "
                                f"(scrolled to the bottom of the metric table)")
     for step in [-1, 1, -1, 1]:           # late sync: each nudge brings the names to the values
@@ -263,7 +272,8 @@ def _metric_row_values(driver, key: str, n: int) -> list[str]:
 def _cut(link) -> bool:
     """True when the browser shows this run name cut short with an ellipsis."""
     return link.parent.execute_script(
-        "const t = arguments[0].firstElementChild || arguments[0]; return t.scrollWidth > t.clientWidth;", link)
+        "const t = arguments[0].firstElementChild || arguments[0]; return t.scrollWidth > t.clientWidth;",
+        link)
 
 
 def _inside(el, box) -> bool:
@@ -272,8 +282,10 @@ def _inside(el, box) -> bool:
     return box.rect["y"] <= y <= box.rect["y"] + box.rect["height"]
 
 
-def _close(shown: str, stored: float) -> bool:
-    """The UI rounds metrics for display (4 significant digits or so)."""
+def _close(shown: str, stored: float | None) -> bool:
+    """The UI rounds metrics for display (4 significant digits on the compare page); absent shows blank."""
+    if stored is None:                    # e.g. t_grok of an arm whose seeds did not grok
+        return shown in ("", "-", "NaN")    # the compare page writes NaN for a metric a run lacks
     try:
         value = float(shown.replace(",", ""))
     except ValueError:
@@ -282,12 +294,12 @@ def _close(shown: str, stored: float) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- the tests
-def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
+def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, shots):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
-    uri, experiment, runs = store
+    server, uri, experiment, runs = ui_study
     d = browser
 
     # 1. Home page -> "Model training" (MLflow 3 opens in GenAI mode) -> the experiment: the runs table.
@@ -311,21 +323,31 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
         assert link.location["x"] == arm_x, "arms of one study not at one indentation"
     assert arm_x > study_link.location["x"], "arms not indented under the study"
 
-    # 3. Columns -> tick the summaries: the arms' seed-median t_grok and logit_scale_at_grok in the table.
-    #    (MLflow 3 hides metric columns until picked: "Show more columns (N total)".)
+    # 3. Columns: MLflow 3 hides metric columns until picked ("Show more columns (N total)"). Drop the
+    #    empty Dataset/Source/Models columns, add each arm's one-line description and the seed-median
+    #    summaries t_grok and logit_scale_at_grok.
     _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Columns']"))).click()
-    for key in SUMMARY_COLUMNS:
-        _wait(d).until(EC.element_to_be_clickable((By.CSS_SELECTOR, f'{COLUMN_PICK}[title="{key}"]'))).click()
+    for title in ["Dataset", "Source", "Models", "Description", *SUMMARY_COLUMNS]:
+        _wait(d).until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, f'{COLUMN_PICK}[title="{title}"]'))).click()
     shots(d, "03_columns_menu")
     d.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     _wait(d).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, COLUMN_PICK)))
     for arm in FORK_ARMS:
+        row = f'div.ag-center-cols-container div.ag-row[row-id="{runs[arm].info.run_id}"]'
+        note = runs[arm].data.tags.get("mlflow.note.content", "")
+        assert note, f"{uri}: arm {arm} has no description (tag mlflow.note.content)"
+        cell = _wait(d).until(EC.visibility_of_element_located(
+            (By.CSS_SELECTOR, f'{row} [col-id="attributes.`Description`"]')))
+        shown = cell.text.strip()     # MLflow cuts descriptions to 50 characters + "..." in the table
+        cut = shown.endswith("...") and note.startswith(shown[:-3]) and len(shown) > 40
+        assert shown == note or cut, f"runs table shows description {shown!r} for {arm}, store has {note!r}"
         for key in SUMMARY_COLUMNS:
-            cell = _wait(d).until(EC.presence_of_element_located((By.CSS_SELECTOR,
-                f'div.ag-center-cols-container div.ag-row[row-id="{runs[arm].info.run_id}"] '
-                f'[col-id="metrics.`{key}`"]')))
-            assert _close(cell.text.strip(), runs[arm].data.metrics[key]), \
-                f"runs table shows {key}={cell.text!r} for {arm}, store has {runs[arm].data.metrics[key]}"
+            cell = _wait(d).until(EC.visibility_of_element_located(
+                (By.CSS_SELECTOR, f'{row} [col-id="metrics.`{key}`"]')))
+            stored = runs[arm].data.metrics.get(key)
+            assert _close(cell.text.strip(), stored), \
+                f"runs table shows {key}={cell.text!r} for {arm}, store has {stored}"
     shots(d, "04_summary_columns")
 
     # 4. Expand one arm: its members, one per seed, one level deeper; widen the name column (it cuts
@@ -337,7 +359,7 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
     assert members, f"{uri}: no member runs of {OPENED_ARM}"
     links = [_name_link(d, m) for m in members]
     if any(_cut(link) for link in links):
-        edge = d.find_element(By.CSS_SELECTOR, f'.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize')
+        edge = d.find_element(By.CSS_SELECTOR, f'.ag-header-cell{NAME_CELL} .ag-header-cell-resize')
         ActionChains(d).drag_and_drop_by_offset(edge, 160, 0).perform()
     for m, link in zip(members, links):
         assert link.text.strip() == m.info.run_name == f"{OPENED_ARM} seed={m.data.tags['seed']}"
@@ -364,31 +386,61 @@ def test_compare_arms_of_a_study_in_the_ui(store, server, browser, shots):
     _close_assistant(d)
     shots(d, "07_compare")
 
-    # 6. The compare page: the run names head the columns, t_grok and logit_scale_at_grok line up under them.
+    # 6. The compare page: the run names head the columns; every parameter has a value on every arm
+    #    (identical keys line up); t_grok and logit_scale_at_grok line up under the names.
     name_row = _wait(d).until(EC.presence_of_element_located(
         (By.XPATH, "//*[normalize-space(text())='Run Name:']/ancestor::tr[1]")))
     columns = [td.text.strip() for td in name_row.find_elements(By.XPATH, "./td")]
     assert sorted(columns) == sorted(FORK_ARMS), f"compare page columns: {columns}"
+    params = _wait(d).until(EC.presence_of_element_located(
+        (By.XPATH, "//th[normalize-space(.)='rho']/ancestor::table[1]")))
+    rows = d.execute_script("return [...arguments[0].querySelectorAll('tr')]"
+                            ".map(tr => [...tr.children].map(c => c.textContent.trim()))", params)
+    shown_params = {r[0]: r[1:] for r in rows}
+    assert shown_params["arm"] == columns, f"compare page: param arm reads {shown_params['arm']}"
+    assert set(shown_params) == set(runs[FORK_ARMS[0]].data.params), \
+        f"compare page shows params {sorted(shown_params)}"
+    blank = [k for k, v in shown_params.items() if len(v) != len(columns) or "" in v]
+    assert not blank, f"compare page: params {blank} missing on some arm (param keys differ between arms)"
     for key in ["t_grok", "logit_scale_at_grok"]:
         shown = _metric_row_values(d, key, len(columns))
         shots(d, f"08_compare_{key}")
         for arm, value in zip(columns, shown):
             stored = runs[arm].data.metrics.get(key)
-            assert stored is not None, f"{uri}: arm {arm} has no {key} (did it grok?)"
             assert _close(value, stored), f"compare page shows {key}={value!r} for {arm}, store has {stored}"
 
 
-def test_study_graph_opens_as_an_image(store, server, browser, shots):
-    """The study run's graph.png shows as a picture in its Artifacts tab."""
+def test_run_pages_group_curves_and_show_the_graph(browser, ui_study, shots):
+    """An arm's curves show in one chart section per key prefix; the study's graph.png opens as a picture."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
-    uri, experiment, runs = store
-    study = runs[STUDY]
+    server, uri, experiment, runs = ui_study
+    study, arm = runs[STUDY], runs[OPENED_ARM]
     d = browser
+
+    d.get(f"{server}/#/experiments/{arm.info.experiment_id}/runs/{arm.info.run_id}/model-metrics")
+    _wait(d).until(EC.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='train']")))
+    _close_assistant(d)
+    # section headers read "<prefix>" then "(<number of charts>)"; unprefixed summaries go to "Model metrics"
+    sections = dict(d.execute_script(
+        "return [...document.querySelectorAll('div')].filter(el => el.children.length == 0"
+        " && /^\\(\\d+\\)$/.test(el.textContent.trim()) && el.previousElementSibling)"
+        ".map(el => [el.previousElementSibling.textContent.trim(), +el.textContent.trim().slice(1, -1)])"))
+    prefixes = {}
+    for key in arm.data.metrics:
+        if "/" in key:
+            prefixes[key.split("/")[0]] = prefixes.get(key.split("/")[0], 0) + 1
+    assert {"train", "test", "norm", "logit", "softmax"} <= set(prefixes), f"{uri}: curve keys {prefixes}"
+    assert {k: sections.get(k) for k in prefixes} == prefixes, \
+        f"chart sections {sections}, curve keys {prefixes}"
+    _wait(d).until(lambda _: d.find_elements(By.CSS_SELECTOR, "svg.main-svg path.js-line"))   # curves drawn
+    shots(d, "09_arm_curves")
+
     d.get(f"{server}/#/experiments/{study.info.experiment_id}/runs/{study.info.run_id}/artifacts")
     _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='graph.png']"))).click()
     img = _wait(d).until(EC.visibility_of_element_located((By.CSS_SELECTOR, 'img[alt="graph.png"]')))
-    _wait(d).until(lambda _: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img))
+    _wait(d).until(lambda _: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                              img))
     _close_assistant(d)
     assert img.size["width"] > 200 and img.size["height"] > 100, f"graph.png shown at {img.size}"
-    shots(d, "09_study_graph")
+    shots(d, "10_study_graph")
