@@ -1,9 +1,10 @@
 """A cohort: members (arm x seed) of one shape trained as one batched tensor program.
 
-Parameters and Adam moments are (M, ...) tensors, row m = member m. Each step: full-batch forward and
-hand-written backward on every member's own training pairs (models.py), one AdamW update over the stacks
-(optim.py), then the clamp (levers.py). Every `eval_every` steps all p^2 pairs are evaluated (train/test
-accuracy -> t_mem, t_grok); every `log_every` steps (and at a member's first and last step) the curves.
+Parameters and Adam moments are (M, ...) tensors, row m = member m. Each step, per member (per group of
+members on an accelerator; on a CPU members run in parallel on worker threads): full-batch forward and
+hand-written backward on its own training pairs (models.py), AdamW (optim.py), then the clamp
+(levers.py). Every `eval_every` steps all p^2 pairs are evaluated (train/test accuracy -> t_mem,
+t_grok); every `log_every` steps (and at the cohort's first step and a member's last) the curves.
 Members retire (grokked + margin, budget, or diverged: NaN/inf loss or weights): their final state and
 records are kept and their rows leave the tensors, so they stop costing compute. Nothing is mixed across
 members, so a member's arithmetic does not depend on who else is in the cohort.
@@ -85,6 +86,9 @@ class CohortConfig:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")
         if self.weight_decay < 0:
             bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for key in ("mem_threshold", "grok_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                bad(key, f"must be in [0, 1], got {getattr(self, key)}")
 
 
 @dataclass
@@ -542,11 +546,14 @@ class Cohort:
 
     @classmethod
     def from_state(cls, state: dict) -> "Cohort":
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"cohort state: not a {FORMAT} state (format={state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        if got != FORMAT:
+            raise ValueError(f"cohort state: not a {FORMAT} state (format: {got!r})")
+        unknown = set(state["cfg"]) - {f.name for f in fields(CohortConfig)}
+        if unknown:
+            raise ValueError(f"cohort state: cfg has unknown keys {sorted(unknown)} (written by a newer version?)")
         self = cls.__new__(cls)
-        known = {f.name for f in fields(CohortConfig)}
-        self._setup(CohortConfig(**{k: v for k, v in state["cfg"].items() if k in known}))
+        self._setup(CohortConfig(**state["cfg"]))
         self.step, self.start_step, self.adam_step = state["step"], state["start_step"], state["adam_step"]
         self.members = [MemberConfig(**m) for m in state["members"]]
         dev = self.device

@@ -48,8 +48,8 @@ def init_member(specs: list[ParamSpec], gen: torch.Generator, dtype: torch.dtype
 
 
 class Workspace:
-    """Reusable activation buffers. Fresh multi-MB tensors every step cost page faults (the allocator
-    hands large blocks back to the OS); reusing a few buffers makes the step ~1.7x faster on a CPU."""
+    """Reusable activation buffers: fresh multi-MB tensors every step cost page faults (the allocator
+    hands large blocks back to the OS), a large share of a CPU step. One per worker thread."""
 
     def __init__(self):
         self.bufs: dict[str, torch.Tensor] = {}
@@ -70,7 +70,7 @@ class Batch:
     a: torch.Tensor  # (c, N) member-local token ids
     b: torch.Tensor
     y: torch.Tensor  # (c, N, 1) labels
-    ia: torch.Tensor  # (c * N,) rows of the group's stacked [E@W1a; E@W1b] table (MLP) or E table
+    ia: torch.Tensor  # (c * N,) flat rows of the group's token tables for operand a (see make_batches)
     ib: torch.Tensor
     iab: torch.Tensor | None = None  # (c * N, 2): both, for embedding_bag
     scatter: torch.Tensor | None = None  # MLP: CSR 0/1 (c * 2p, c * N), sums example rows into table rows
@@ -114,7 +114,10 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int], dtype: 
 
 
 class MLP:
-    """E (p x d_embed) shared by both operands; concat -> W1 + b1 -> GeLU -> W2 + b2 (PAPER.md)."""
+    """E (p x d_embed) shared by both operands; concat -> W1 + b1 -> GeLU -> W2 + b2 (PAPER.md).
+
+    Training uses a hand-written backward (loss_grads) checked against autograd on `naive_logits`.
+    """
 
     kind = "mlp"
 
@@ -218,8 +221,9 @@ class Transformer:
 
     def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512, layernorm: bool = True):
         if d_model % n_heads:
-            raise ValueError(f"model.d_model: {d_model} is not divisible by n_heads {n_heads}")
-        self.p, self.d, self.nh, self.dh, self.d_mlp, self.ln = p, d_model, n_heads, d_model // n_heads, d_mlp, layernorm
+            raise ValueError(f"cohort.d_model: {d_model} is not divisible by cohort.n_heads {n_heads}")
+        self.p, self.d, self.nh, self.dh = p, d_model, n_heads, d_model // n_heads
+        self.d_mlp, self.ln = d_mlp, layernorm
         d = d_model
         self.specs = [
             ParamSpec("E", (p + 1, d), True, "normal", d),

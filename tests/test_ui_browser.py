@@ -37,7 +37,7 @@ EXPERIMENT = f"{STUDY}-smoke"    # the CLI's experiment for a preset other than 
 
 PIN = "div.ag-pinned-left-cols-container div.ag-row"   # one copy of each runs-table row
 NAME_CELL = '[col-id="attributes.`Run Name`"]'
-COLUMN_PICK = "span.du-bois-light-tree-node-content-wrapper"      # an entry of the Columns menu
+COLUMN_ENTRY = "du-bois-light-tree-node-content-wrapper"     # class of an entry in the Columns menu
 SUMMARY_COLUMNS = ["t_grok", "logit_scale_at_grok"]
 
 
@@ -327,12 +327,16 @@ def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, shots):
     #    empty Dataset/Source/Models columns, add each arm's one-line description and the seed-median
     #    summaries t_grok and logit_scale_at_grok.
     _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Columns']"))).click()
+    search = _wait(d).until(EC.element_to_be_clickable(
+        (By.CSS_SELECTOR, 'input[placeholder="Search columns"]')))
     for title in ["Dataset", "Source", "Models", "Description", *SUMMARY_COLUMNS]:
+        search.send_keys(Keys.CONTROL, "a")      # the menu lists ~60 columns: search rather than scroll
+        search.send_keys(title)
         _wait(d).until(EC.element_to_be_clickable(
-            (By.CSS_SELECTOR, f'{COLUMN_PICK}[title="{title}"]'))).click()
+            (By.XPATH, f"//span[contains(@class, '{COLUMN_ENTRY}')][normalize-space(.)='{title}']"))).click()
     shots(d, "03_columns_menu")
     d.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-    _wait(d).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, COLUMN_PICK)))
+    _wait(d).until(EC.invisibility_of_element_located((By.CSS_SELECTOR, f"span.{COLUMN_ENTRY}")))
     for arm in FORK_ARMS:
         row = f'div.ag-center-cols-container div.ag-row[row-id="{runs[arm].info.run_id}"]'
         note = runs[arm].data.tags.get("mlflow.note.content", "")
