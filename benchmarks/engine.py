@@ -1,6 +1,6 @@
 """Engine throughput vs a plain PyTorch loop on the paper's main cell (issue 2, acceptance 2).
 
-    python -m benchmarks.engine [--steps 300] [--reference-steps 50] [--threads N] [--json PATH]
+    python -m benchmarks.engine [--steps 300] [--reference-steps 30] [--threads N] [--json PATH]
 
 Both train the same members (p=59 MLP, 12 seeds, full batch, CE, float32, same seeds and splits, eval of
 all p^2 pairs every 25 steps): the engine as one cohort; the reference the way common grokking code does
@@ -77,7 +77,7 @@ class Reference:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="engine steps timed (default 300)")
-    ap.add_argument("--reference-steps", type=int, default=50, help="reference steps timed (default 50)")
+    ap.add_argument("--reference-steps", type=int, default=30, help="reference steps timed (default 30)")
     ap.add_argument("--blocks", type=int, default=4, help="alternating blocks each side is split into")
     ap.add_argument("--members", type=int, default=12)
     ap.add_argument("--p", type=int, default=59)
