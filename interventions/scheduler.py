@@ -8,10 +8,11 @@ Files under <store dir>/snapshots/<experiment>/ (the store dir holds mlflow.db):
   cohorts/<job>.pt      the running cohort's last checkpoint (deleted once its arms are logged)
 
 Every MLflow call and every write of state.json or of a cohort snapshot is queued to one helper thread
-(`Worker`) and carried out there in program order. So a SIGKILL at any moment leaves exactly what an
-unthreaded program would have left a little earlier: curves flushed -> snapshot; arm runs finished ->
-state.json -> snapshot deleted. A resumed run replays from the last snapshot bit-identically and the
-Recorder skips any (key, step) the store already holds.
+(`Worker`) and carried out there in program order; the MLflow calls go on to a tracking process
+(tracker.py), and each file write first waits until that process has stored everything sent before it.
+So a SIGKILL at any moment leaves what an unthreaded program would have left a little earlier: curves
+stored -> snapshot; arm runs finished -> state.json -> snapshot deleted. A resumed run replays from the
+last snapshot bit-identically and the Recorder skips any (key, step) the store already holds.
 """
 from __future__ import annotations
 
@@ -33,31 +34,12 @@ from tqdm import tqdm
 from . import snapshot
 from .cohort import Cohort, CohortConfig, MemberConfig, MemberState
 from .graph import ArmNode, Graph, derive, draw_graph
-from .summary import arm_summary, arm_table, dense_curves_csv, member_summary, seed_mean_curves
+from .summary import arm_table
+from .tracker import NullRecorder, Tracker, TrackerProcess
 
 
 class ResumeError(Exception):
     """The snapshots on disk belong to other settings of the study."""
-
-
-# ---------------------------------------------------------------- tracking off: same calls, no store
-class NullRecorder:
-    """Recorder stand-in when tracking is off (benchmarks, tests): accepts every call, keeps nothing."""
-
-    def __init__(self, *_, **__):
-        self._n = 0
-
-    def run(self, role: str, name: str, **_) -> str:
-        self._n += 1
-        return f"null-{self._n}"
-
-    def log_curves(self, *_, **__): pass
-    def log_summary(self, *_, **__): pass
-    def log_artifact(self, *_, **__): pass
-    def log_text(self, *_, **__): pass
-    def flush(self): pass
-    def finish(self, *_, **__): pass
-    def close(self): pass
 
 
 # ---------------------------------------------------------------- the executor seam
@@ -180,21 +162,17 @@ def _job_id(names: list[str]) -> str:
 
 # ---------------------------------------------------------------- the scheduler
 class Scheduler:
-    def __init__(self, graph: Graph, folder: Path, *, make_recorder: Callable | None = None,
+    def __init__(self, graph: Graph, folder: Path, *, make_tracker: Callable | None = None,
                  device: str = "cpu", executor=None, progress: bool = True, log: Callable = print):
         self.g, self.dir, self.device = graph, Path(folder), device
-        self.make_recorder = make_recorder or NullRecorder
+        self.make_tracker = make_tracker or (lambda: Tracker(NullRecorder(), graph.study.study))
         self.executor = executor or LocalExecutor()
         self.progress, self.log = progress, log
         self.study = graph.study
         self.digest = self.study.digest()
         self.state = self._load_state()
-        self.rec = None                           # made on the worker (creating a store takes seconds)
+        self.tracker = None                       # used on the worker thread only
         self.worker: Worker | None = None
-        self.study_run: str | None = None
-        self.arm_runs: dict[str, str] = {}        # written and read on the worker only
-        self.member_runs: dict[str, str] = {}
-        self.open_runs: list[str] = []
 
     # ------------------------------------------------------------ state
     def _load_state(self) -> dict:
@@ -210,9 +188,15 @@ class Scheduler:
                 f"replace them, or give another --experiment")
         return state
 
-    def _persist(self) -> None:
-        """Queue a write of the state as it is now."""
-        self.worker.put(_write_text, self.dir / "state.json", json.dumps(self.state, indent=1))
+    def _persist(self, synced: bool = True) -> None:
+        """Queue a write of the state as it is now; synced: only once everything tracked before it is
+        stored (needed when the state says arms are done; not for fork points or derived levers)."""
+        args = (_write_text, self.dir / "state.json", json.dumps(self.state, indent=1))
+        self.worker.put(self._synced, *args) if synced else self.worker.put(*args)
+
+    def _synced(self, fn: Callable, *args) -> None:
+        self.tracker.sync()
+        fn(*args)
 
     @property
     def finished(self) -> bool:
@@ -268,74 +252,17 @@ class Scheduler:
                             log_every=d.log_every, mem_threshold=d.mem_threshold,
                             grok_threshold=d.grok_threshold, device=self.device)
 
-    # ------------------------------------------------------------ MLflow (these run on the worker)
-    def _tags(self, arm: str | None = None, seed: int | None = None) -> dict:
-        t = {"study": self.study.study}
-        if arm is not None:
-            t["arm"] = arm
-        if seed is not None:
-            t["seed"] = seed
-        return t
-
-    def _open_study_run(self, forks: dict) -> None:
-        st = self.study
-        if self.rec is None:
-            self.rec = self.make_recorder()
-        self.study_run = self.rec.run(
-            "study", st.study, tags=self._tags(), description=st.description or None,
-            params={"design": st.design, "preset": st.preset, "digest": self.digest,
-                    "source": Path(st.source).name, "n_arms": len(self.g.arms),
-                    "seeds": ",".join(map(str, st.defaults.seed_list()))})
-        self.rec.log_text(self.study_run, st.resolved_yaml(), "study.yaml")
-        if not isinstance(self.rec, NullRecorder):
-            with tempfile.TemporaryDirectory() as tmp:
-                draw_graph(self.g, Path(tmp) / "graph.png", forks)
-                self.rec.log_artifact(self.study_run, str(Path(tmp) / "graph.png"))
-
-    def _open_arm(self, name: str, prm: dict, desc: str, seeds: list[int]) -> None:
-        rid = self.rec.run("arm", name, parent_id=self.study_run, params=prm, tags=self._tags(name),
-                           description=desc)
-        self.arm_runs[name] = rid
-        self.open_runs.append(rid)
-        for seed in seeds:
-            mid = self.rec.run("member", f"{name} seed={seed}", parent_id=rid, params={**prm, "seed": seed},
-                               tags=self._tags(name, seed), description=f"{desc}; seed {seed}")
-            self.member_runs[f"{name}/{seed}"] = mid
-            self.open_runs.append(mid)
-
-    def _log_rows(self, step: int, rows: dict) -> None:
-        for key, row in rows.items():
-            self.rec.log_curves(self.member_runs[key], {k: [(step, v)] for k, v in row.items()})
-
-    def _checkpoint(self, path: Path, state: dict, meta: dict) -> None:
-        self.rec.flush()          # every point up to this step is in the store before the snapshot
-        snapshot.save(path, {"cohort": state, **meta})
-
-    def _finish_arm(self, name: str, results: list[dict], curves: dict, yaml_text: str) -> None:
-        for r in results:
-            mid = self.member_runs[r["key"]]
-            self.rec.log_summary(mid, member_summary(r))
-            self.rec.finish(mid)
-        rid = self.arm_runs[name]
-        self.rec.log_curves(rid, seed_mean_curves(curves.values()))
-        self.rec.log_summary(rid, arm_summary(results))
-        self.rec.log_text(rid, yaml_text, "study.yaml")
-        self.rec.log_text(rid, dense_curves_csv(name, curves), "curves.csv")
-        self.rec.finish(rid)
-        done = {rid, *(self.member_runs[r["key"]] for r in results)}
-        self.open_runs = [r for r in self.open_runs if r not in done]
-
-    def _finish_study(self, table: str, n_done: int) -> None:
-        self.rec.log_text(self.study_run, table, "arm_table.txt")
-        self.rec.log_summary(self.study_run, {"n_arms_done": n_done})
-        self.rec.finish(self.study_run)
-        self.rec.flush()
-
     # ------------------------------------------------------------ main loop
     def run(self) -> dict[str, dict]:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = self.make_tracker()       # on the main thread (a child process dies with it)
         self.worker = Worker()
-        self.worker.put(self._open_study_run, dict(self.state["forks"]))
+        st = self.study
+        self.worker.put(self.tracker.open_study, st.description or None,
+                        {"design": st.design, "preset": st.preset, "digest": self.digest,
+                         "source": Path(st.source).name, "n_arms": len(self.g.arms),
+                         "seeds": ",".join(map(str, st.defaults.seed_list()))},
+                        st.resolved_yaml(), self.g, dict(self.state["forks"]))
         while True:
             waves = self.g.waves(set(self.state["arms"]))
             if not waves:
@@ -343,7 +270,7 @@ class Scheduler:
             for group in waves[0]:
                 self._run_group(group)
         arms = self.state["arms"]
-        self.worker.put(self._finish_study, arm_table(self.g.order, arms),
+        self.worker.put(self.tracker.finish_study, arm_table(self.g.order, arms),
                         sum(a["status"] == "done" for a in arms.values()))
         self.state["finished"] = True
         self._persist()
@@ -367,7 +294,7 @@ class Scheduler:
             desc = self.g.describe(name, prm["fork_step"])
             if "tau" in a.derived:
                 desc += f"; tau {prm['tau']:.4g} = {prm['tau_source']}"
-            self.worker.put(self._open_arm, name, prm, desc, list(a.seeds))
+            self.worker.put(self.tracker.open_arm, name, prm, desc, list(a.seeds))
             for seed in a.seeds:
                 members.append(self.member_config(name, seed))
                 if a.forked and resume is None:
@@ -376,17 +303,18 @@ class Scheduler:
                         forks[fname] = snapshot.load(self.dir / "forks" / f"{fname}.pt")["members"]
                     init.append(MemberState.from_dict(forks[fname][seed]))
         bar = self._bar(runnable, members, resume)
-        pending_ckpt = threading.Event()
-        pending_ckpt.set()
+        writing = threading.Event()   # set while a snapshot waits in the queue
 
         def on_log(c: Cohort, step: int, rows: dict) -> None:
-            self.worker.put(self._log_rows, step, rows)
+            self.worker.put(self.tracker.log_rows, step, rows)
 
         def on_checkpoint(c: Cohort) -> None:
-            pending_ckpt.wait()          # at most one snapshot in the queue (memory)
-            pending_ckpt.clear()
-            self.worker.put(self._checkpoint, ckpt, c.state_dict(), {"job": job_id, "digest": self.digest})
-            self.worker.put(pending_ckpt.set)
+            if writing.is_set():        # the last one is not written yet: skip this one, never stall
+                return
+            writing.set()
+            self.worker.put(self._synced, snapshot.save, ckpt,
+                            {"cohort": c.state_dict(), "job": job_id, "digest": self.digest})
+            self.worker.put(writing.clear)
 
         def on_pause(c: Cohort, pause: Pause) -> None:
             arm = pause.name.rsplit("@", 1)[0]
@@ -395,7 +323,7 @@ class Scheduler:
             # written here, synchronously: the next cohort reads it; state.json (queued) records it after
             snapshot.save(self.dir / "forks" / f"{pause.name}.pt", {"members": states, "step": c.step})
             self.state["forks"][pause.name] = c.step
-            self._persist()
+            self._persist(synced=False)
             msg = f"fork point {pause.name.rstrip('m')}: step {c.step}"
             bar.write(msg) if self.progress else self.log(msg)
 
@@ -417,7 +345,7 @@ class Scheduler:
         for name in runnable:
             results = [r for r in cohort.results() if r["key"].rsplit("/", 1)[0] == name]
             curves = {r["key"]: cohort.curves(r["key"]) for r in results}
-            self.worker.put(self._finish_arm, name, results, curves, yaml_text)
+            self.worker.put(self.tracker.finish_arm, name, results, curves, yaml_text)
             self.state["arms"][name] = {"status": "done", "params": self.params(name),
                                         "results": json.loads(json.dumps(results, default=float))}
         self._persist()                                   # after the arm runs are finished ...
@@ -431,7 +359,7 @@ class Scheduler:
             try:
                 done = {k: v["results"] for k, v in self.state["arms"].items() if v["status"] == "done"}
                 self.state["derived"][name] = derive(self.g, name, done)
-                self._persist()
+                self._persist(synced=False)
             except RuntimeError as e:
                 reason = str(e)
         if reason is None:
@@ -470,16 +398,21 @@ class Scheduler:
         return tqdm(total=max(m.budget for m in members), initial=start, desc=desc, unit="step",
                     disable=not self.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
+    def close(self) -> None:
+        self.worker.close()
+        self.tracker.close()
+
     def abort(self, status: str = "KILLED") -> None:
         """After an exception on the training thread: let queued writes land, close the open runs."""
         if self.worker is None:
             return
         try:
             self.worker.wait()
-            if self.rec is not None:
-                for rid in self.open_runs + ([self.study_run] if self.study_run else []):
-                    self.rec.finish(rid, status)
-                self.rec.close()
+        except BaseException:
+            pass
+        try:
+            self.tracker.abort(status)
+            self.tracker.close()
         except BaseException:
             pass
 
@@ -491,11 +424,8 @@ def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", f
     folder = snapshot_dir(uri, experiment)
     if fresh:
         _start_over(graph, uri, experiment, folder, tracking, log)
-    make = NullRecorder
-    if tracking:
-        from tracking.recorder import Recorder
-        make = lambda: Recorder(uri, experiment, background=False)  # noqa: E731  (on the worker thread)
-    sched = Scheduler(graph, folder, make_recorder=make, device=device, progress=progress, log=log)
+    make = (lambda: TrackerProcess(uri, experiment, graph.study.study)) if tracking else None
+    sched = Scheduler(graph, folder, make_tracker=make, device=device, progress=progress, log=log)
     if sched.finished:
         log(f"study {graph.study.study} already finished in experiment {experiment!r} (state in {folder}); "
             "not retraining (--fresh starts over)")
@@ -507,9 +437,7 @@ def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", f
     except BaseException:
         sched.abort("KILLED")
         raise
-    if sched.rec is not None:
-        sched.rec.close()
-    sched.worker.close()
+    sched.close()
     log(f"study {graph.study.study}: {len(arms)} arms in {time.perf_counter() - t0:.0f} s; "
         f"experiment {experiment!r} in {uri}")
     log(arm_table(graph.order, arms))

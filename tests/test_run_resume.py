@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -61,11 +63,17 @@ def store(db: Path) -> dict:
             "metrics": {(names[u], k, s): v for u, k, s, v in metrics if u in names}, "dup": dup}
 
 
-def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
-    ref = tmp_path / "ref" / "mlflow.db"
-    ref.parent.mkdir()
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted smoke run of fork_study; returns its mlflow.db."""
+    ref = tmp_path_factory.mktemp("ref") / "mlflow.db"
     out = run_to_end(ref)
     assert "logit_matched" in out and "grokked" in out
+    return ref
+
+
+def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, reference):
+    ref = reference
 
     db = tmp_path / "killed" / "mlflow.db"
     db.parent.mkdir()
@@ -100,3 +108,49 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path):
     con.close()
     assert deleted == 31
     assert not json.loads((snap / "state.json").read_text())["finished"]
+
+
+def test_runs_follow_the_mlflow_contract(reference):
+    from tracking.query import load_runs
+    uri = f"sqlite:///{reference}"
+    runs = load_runs("fork_study-smoke", uri)
+    assert sorted(runs.role.value_counts().items()) == [("arm", 10), ("member", 20), ("study", 1)]
+    assert set(runs.status) == {"FINISHED"} and set(runs.study) == {"fork_study"}
+    arms, members = runs[runs.role == "arm"].set_index("run_name"), runs[runs.role == "member"]
+    study_id = runs[runs.role == "study"].run_id.item()
+    assert set(arms.parent_run_id) == {study_id} and set(members.parent_run_id) <= set(arms.run_id)
+    assert members.run_name.str.fullmatch(r"[\w.]+ seed=\d").all()
+    # identical param keys on every arm and member run (members add seed)
+    from mlflow import MlflowClient
+    c = MlflowClient(uri)
+    keys = {r: set(c.get_run(r).data.params) for r in runs.run_id[runs.role != "study"]}
+    arm_keys = keys[arms.run_id.iloc[0]]
+    assert {"arm", "p", "model", "loss", "precision", "rho", "tau", "clamp", "gamma", "train_fraction", "lr",
+            "weight_decay", "t_int", "w_c", "budget", "eval_every", "fork_from", "fork_step", "tau_source",
+            "design"} <= arm_keys
+    assert all(k == arm_keys for r, k in keys.items() if r in set(arms.run_id))
+    assert all(k == arm_keys | {"seed"} for r, k in keys.items() if r in set(members.run_id))
+    # levers and the derived tau
+    assert arms.loc["clamp_raised", "rho"] == 1.15 and arms.loc["clamp_raised_tau1.3", "tau"] == 1.3
+    assert arms.loc["logit_matched", "tau_source"].startswith("derived:logit_matched(target=clamp_same")
+    assert 1.0 < arms.loc["logit_matched", "tau"] < 1.7 and arms.loc["free", "fork_from"] == "trunk"
+    note = c.get_run(arms.loc["clamp_raised", "run_id"]).data.tags["mlflow.note.content"]
+    assert note.startswith("clamp at 1.15 x N0 from step 100, tau 1; forks trunk@100")
+    # summaries: members per contract, arms as seed medians; curves on both
+    same = members[members.arm == "clamp_same"]
+    grokked = same[same.grokked == 1]
+    assert len(grokked) >= 1 and set(same.diverged) == {0}
+    assert grokked[["t_mem", "t_grok", "delay", "delay_from_fork", "logit_scale_at_grok", "weight_norm_at_grok",
+                    "N0", "target"]].notna().all().all()
+    assert (grokked.delay == grokked.t_grok - grokked.t_mem).all()
+    assert arms.loc["clamp_same", "t_grok"] == grokked.t_grok.median()
+    assert arms.loc["clamp_same", "n_seeds"] == 2
+    hist = c.get_metric_history(arms.loc["clamp_same", "run_id"], "test/acc")
+    assert len(hist) > 3 and hist[-1].value >= 0.9
+    # artifacts: the study's yaml, graph and table; each arm's yaml and dense curves
+    study_files = {f.path for f in c.list_artifacts(study_id)}
+    assert {"study.yaml", "graph.png", "arm_table.txt"} <= study_files
+    arm_files = {f.path for f in c.list_artifacts(arms.loc["free", "run_id"])}
+    assert {"study.yaml", "curves.csv"} <= arm_files
+    csv = Path(c.download_artifacts(arms.loc["free", "run_id"], "curves.csv")).read_text().splitlines()
+    assert csv[0].startswith("arm,seed,step,") and "logit/scale" in csv[0] and len(csv) > 10

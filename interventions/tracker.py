@@ -1,0 +1,199 @@
+"""The MLflow side of a study run: study -> arm -> member runs, curves, summaries, artifacts.
+
+`Tracker` does it in this process (with a Recorder, or a NullRecorder when tracking is off).
+`TrackerProcess` runs a Tracker in a child process and forwards calls to it through a socket, so that
+MLflow's Python work (SQLAlchemy, matplotlib) neither holds this process's GIL nor delays training;
+`sync()` returns once the child has written everything sent before it (the resume order relies on it).
+The child ignores Ctrl-C (the parent closes the runs) and dies with its parent (a SIGKILLed parent must
+not leave a writer behind that races the resumed process).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from .summary import arm_summary, dense_curves_csv, member_summary, seed_mean_curves
+
+
+class NullRecorder:
+    """Recorder stand-in when tracking is off (benchmarks, tests): accepts every call, keeps nothing."""
+
+    def __init__(self, *_, **__):
+        self._n = 0
+
+    def run(self, role: str, name: str, **_) -> str:
+        self._n += 1
+        return f"null-{self._n}"
+
+    def log_curves(self, *_, **__): pass
+    def log_summary(self, *_, **__): pass
+    def log_artifact(self, *_, **__): pass
+    def log_text(self, *_, **__): pass
+    def flush(self): pass
+    def finish(self, *_, **__): pass
+    def close(self): pass
+
+
+class Tracker:
+    def __init__(self, rec, study: str):
+        self.rec, self.study = rec, study
+        self.study_run: str | None = None
+        self.arm_runs: dict[str, str] = {}
+        self.member_runs: dict[str, str] = {}     # member key "arm/seed" -> run id
+        self.open_runs: list[str] = []
+
+    def _tags(self, arm: str | None = None, seed: int | None = None) -> dict:
+        return {"study": self.study, **({"arm": arm} if arm is not None else {}),
+                **({"seed": seed} if seed is not None else {})}
+
+    def open_study(self, description: str | None, params: dict, yaml_text: str, graph, forks: dict) -> None:
+        self.study_run = self.rec.run("study", self.study, tags=self._tags(), description=description,
+                                      params=params)
+        self.rec.log_text(self.study_run, yaml_text, "study.yaml")
+        if graph is not None and not isinstance(self.rec, NullRecorder):
+            from .graph import draw_graph
+            with tempfile.TemporaryDirectory() as tmp:
+                draw_graph(graph, Path(tmp) / "graph.png", forks)
+                self.rec.log_artifact(self.study_run, str(Path(tmp) / "graph.png"))
+
+    def open_arm(self, name: str, params: dict, description: str, seeds: list[int]) -> None:
+        rid = self.rec.run("arm", name, parent_id=self.study_run, params=params, tags=self._tags(name),
+                           description=description)
+        self.arm_runs[name] = rid
+        self.open_runs.append(rid)
+        for seed in seeds:
+            mid = self.rec.run("member", f"{name} seed={seed}", parent_id=rid, params={**params, "seed": seed},
+                               tags=self._tags(name, seed), description=f"{description}; seed {seed}")
+            self.member_runs[f"{name}/{seed}"] = mid
+            self.open_runs.append(mid)
+
+    def log_rows(self, step: int, rows: dict) -> None:
+        for key, row in rows.items():
+            self.rec.log_curves(self.member_runs[key], {k: [(step, v)] for k, v in row.items()})
+
+    def finish_arm(self, name: str, results: list[dict], curves: dict, yaml_text: str) -> None:
+        for r in results:
+            mid = self.member_runs[r["key"]]
+            self.rec.log_summary(mid, member_summary(r))
+            self.rec.finish(mid)
+        rid = self.arm_runs[name]
+        self.rec.log_curves(rid, seed_mean_curves(curves.values()))
+        self.rec.log_summary(rid, arm_summary(results))
+        self.rec.log_text(rid, yaml_text, "study.yaml")
+        self.rec.log_text(rid, dense_curves_csv(name, curves), "curves.csv")
+        self.rec.finish(rid)
+        done = {rid, *(self.member_runs[r["key"]] for r in results)}
+        self.open_runs = [r for r in self.open_runs if r not in done]
+
+    def finish_study(self, table: str, n_done: int) -> None:
+        self.rec.log_text(self.study_run, table, "arm_table.txt")
+        self.rec.log_summary(self.study_run, {"n_arms_done": n_done})
+        self.rec.finish(self.study_run)
+
+    def sync(self) -> None:
+        self.rec.flush()
+
+    def abort(self, status: str = "KILLED") -> None:
+        """Close the runs still open (after an exception or Ctrl-C); a resumed run reopens them."""
+        for rid in self.open_runs + ([self.study_run] if self.study_run else []):
+            try:
+                self.rec.finish(rid, status)
+            except Exception:
+                pass
+        self.open_runs = []
+
+    def close(self) -> None:
+        self.rec.close()
+
+
+# ---------------------------------------------------------------- in a child process
+class TrackerProcess:
+    """Same methods as Tracker; each call is sent to a child process (`python -m interventions.tracker`:
+    a fresh interpreter, so no fork of a threaded parent and no re-import of the caller's script).
+    Start it from the main thread: the child's parent-death signal follows the thread that started it."""
+
+    METHODS = ("open_study", "open_arm", "log_rows", "finish_arm", "finish_study", "abort")
+
+    def __init__(self, uri: str, experiment: str, study: str):
+        ours, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        self.proc = subprocess.Popen([sys.executable, "-m", "interventions.tracker", str(theirs.fileno()), uri,
+                                      experiment, study, str(os.getpid())], pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def __getattr__(self, method: str):
+        if method not in self.METHODS:
+            raise AttributeError(method)
+        return lambda *args: self.conn.send((method, args))
+
+    def sync(self) -> None:
+        """Wait until the child has written everything sent so far; raise what it failed with."""
+        try:
+            self.conn.send(("sync", ()))
+            error = self.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"the tracking process died (exit status {self.proc.poll()})") from None
+        if error:
+            raise RuntimeError(error)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close", ()))
+            error = self.conn.recv()
+        except (EOFError, OSError):
+            error = None
+        self.conn.close()
+        self.proc.wait(timeout=120)
+        if error:
+            raise RuntimeError(error)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass   # not Linux: the socket's EOF still ends the child, a moment later
+    if os.getppid() != parent_pid:   # the parent died before the signal was armed
+        os._exit(0)
+
+
+def _serve(conn, uri: str, experiment: str, study: str) -> None:
+    from tracking.recorder import Recorder
+    tracker, error = None, None
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, OSError):    # the parent is gone
+            return
+        try:
+            if tracker is None and error is None:
+                tracker = Tracker(Recorder(uri, experiment, background=False), study)
+            if method == "abort" and tracker is not None:
+                tracker.abort(*args)
+            elif method == "close":
+                if tracker is not None:
+                    tracker.close()
+            elif error is None:
+                getattr(tracker, method)(*args)
+        except BaseException as e:     # reported at the next sync; later calls are skipped
+            error = error or f"tracking store {uri!r}: {type(e).__name__}: {e}"
+        if method in ("sync", "close"):
+            conn.send(error)
+        if method == "close":
+            return
+
+
+if __name__ == "__main__":
+    fd, uri, experiment, study, parent = sys.argv[1:6]
+    _die_with_parent(int(parent))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it closes the runs
+    _serve(Connection(int(fd)), uri, experiment, study)
