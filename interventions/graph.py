@@ -19,7 +19,6 @@ from .spec import Arm, LogitMatched, NormAtGrok, SpecError, Study
 class ArmNode:
     name: str
     path: str                     # key path of the declaring arm in the study file (for errors)
-    family: str                   # declaring arm's name (a sweep's arms share it), p-suffixed
     p: int
     seeds: list[int]
     clamp: str
@@ -169,8 +168,9 @@ class Graph:
         return out
 
     def start_key(self, name: str) -> tuple:
+        """Arms share a cohort when shapes and start point match (a trunk stops early: its own cohort)."""
         a = self.arms[name]
-        return (self.cohort_key(name), a.parent, a.fork_at, a.fork_when)
+        return (self.cohort_key(name), a.parent, a.fork_at, a.fork_when, a.trunk)
 
 
 def _fmt_tau(tau) -> str:
@@ -204,7 +204,7 @@ def build_graph(study: Study) -> Graph:
                     first = arms[full].path
                     raise SpecError(file, path if path != first else f"arms[{i}].name",
                                     f"duplicate arm name {name!r} (also declared at {first})")
-                node = _node(study, arm, over, full, path, suffix(arm.name, p), p, seeds)
+                node = _node(study, arm, over, full, path, p, seeds)
                 arms[full] = node
     # references: names in the file are un-suffixed and refer within the same modulus
     expanded = {n for a in study.arms for n, _ in _expand_sweep(a)}
@@ -234,12 +234,13 @@ def build_graph(study: Study) -> Graph:
                 node.derive_from["w_c"] = [suffix(spec.arm, node.p)]
             else:           # this arm's clamp does not use w_c: no edge
                 node.w_c = None
+    graph = Graph(study, arms)          # refuses a cycle first: every check below assumes none
     for node in arms.values():
         _check_fork(study, arms, node)
     for node in arms.values():
         if node.trunk and not any(a.parent == node.name for a in arms.values()):
             raise SpecError(file, f"{node.path}.trunk", "a trunk arm needs at least one arm forking from it")
-    return Graph(study, arms)
+    return graph
 
 
 def _expand_sweep(arm: Arm) -> list[tuple[str, dict]]:
@@ -253,8 +254,7 @@ def _expand_sweep(arm: Arm) -> list[tuple[str, dict]]:
     return out
 
 
-def _node(study: Study, arm: Arm, over: dict, name: str, path: str, family: str, p: int,
-          seeds: list[int]) -> ArmNode:
+def _node(study: Study, arm: Arm, over: dict, name: str, path: str, p: int, seeds: list[int]) -> ArmNode:
     d, lv = study.defaults, study.defaults.levers
     given = arm.model_fields_set
 
@@ -264,7 +264,7 @@ def _node(study: Study, arm: Arm, over: dict, name: str, path: str, family: str,
         return getattr(arm, key) if key in given and getattr(arm, key) is not None else getattr(lv, key)
 
     node = ArmNode(
-        name=name, path=path, family=family, p=p, seeds=seeds,
+        name=name, path=path, p=p, seeds=seeds,
         clamp=pick("clamp"), rho=pick("rho"), tau=pick("tau"), gamma=pick("gamma"), t_int=pick("t_int"),
         target=pick("target"), w_c=pick("w_c"),
         loss=arm.loss or d.loss, precision=arm.precision or d.precision,
@@ -300,8 +300,9 @@ def _check_fork(study: Study, arms: dict[str, ArmNode], node: ArmNode) -> None:
     if node.fork_at >= parent.budget:
         raise SpecError(file, path, f"fork step {node.fork_at} is beyond the budget {parent.budget} of "
                         f"the parent arm {parent.name!r}")
-    if parent.p != node.p or study.defaults.task.p is None:
-        raise SpecError(file, path, "a fork must keep the modulus")
+    if parent.forked and node.fork_at <= parent.fork_at:
+        raise SpecError(file, path, f"fork step {node.fork_at} is not after the fork step {parent.fork_at} of the "
+                        f"parent arm {parent.name!r}")
     for key, mine, theirs in (("loss", node.loss, parent.loss), ("precision", node.precision,
                                                                   parent.precision)):
         if mine != theirs:

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:     # the study cannot go on (e.g. no seed memorized before a fork point)
         print(f"error: {study.source}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: open runs marked KILLED; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import snapshot
 from .cohort import Cohort, CohortConfig, MemberConfig, MemberState
-from .graph import ArmNode, Graph, derive, draw_graph
+from .graph import ArmNode, Graph, derive
 from .summary import arm_table
 from .tracker import NullRecorder, Tracker, TrackerProcess
 
