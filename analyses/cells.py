@@ -27,7 +27,8 @@ DEFAULTS = {"tau": 1.0, "gamma": 0.0}
 UNCLAMPED = {"", "none", "free", "nan", "alloc"}
 FORK_ARMS = ("clamp_lowered", "free", "clamp_same", "clamp_raised")
 # fork arms are recognised by name: "clamp_raised", "p59_clamp_raised", "clamp_raised_tau1.3", "logit_matched"
-FORK_RE = re.compile(r"(?:^|_)(free|clamp_same|clamp_raised|clamp_lowered|logit_matched)(?:_tau[0-9.]+)?$")
+# multi-modulus studies suffix every arm with _p<p> ("clamp_raised_tau1.3_p97"); the role ignores it
+FORK_RE = re.compile(r"(?:^|_)(free|clamp_same|clamp_raised|clamp_lowered|logit_matched)(?:_tau[0-9.]+)?(?:_p[0-9]+)?$")
 GROUP = ["p", "loss", "model", "precision"]
 CURVE_KEYS = ["logit/scale", "softmax/collapse", "test/acc", "train/acc"]
 
@@ -51,7 +52,7 @@ def prepare_members(members: pd.DataFrame) -> pd.DataFrame:
 
 
 def fork_role(arm: str) -> str:
-    """'clamp_raised' for 'p59_clamp_raised' or 'clamp_raised_tau1.3'; '' when the name is no fork arm."""
+    """'clamp_raised' for 'p59_clamp_raised', 'clamp_raised_tau1.3' or 'clamp_raised_p97'; '' when the name is no fork arm."""
     match = FORK_RE.search(arm)
     return match.group(1) if match else ""
 

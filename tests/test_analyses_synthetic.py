@@ -233,3 +233,12 @@ def test_precision_audit_pairs_the_same_cell_across_precisions():
     (row,) = results["precision"]
     assert (row["t_grok_float32"], row["t_grok_float64"], row["sc_float32"], row["sc_float64"]) == (5000, 4000, 0.4, 0.0)
     assert row["rho"] == 1.25 and "| 5000 | 4000 | 0.400 | 0.000 |" in report._precision_md(results["precision"])[2]
+
+
+def test_fork_role_reads_multi_modulus_arm_names():
+    # `--preset paper` replicates the graph per modulus and suffixes arms with _p<p>
+    from analyses.cells import fork_role
+    assert fork_role("clamp_raised_tau1.3_p97") == "clamp_raised"
+    assert fork_role("logit_matched_p59") == "logit_matched"
+    assert fork_role("free_p59") == "free"
+    assert fork_role("trunk_p59") == ""
