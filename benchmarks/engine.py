@@ -1,6 +1,6 @@
 """Engine throughput vs a plain PyTorch loop on the paper's main cell (issue 2, acceptance 2).
 
-    python -m benchmarks.engine [--steps 300] [--reference-steps 30] [--threads N] [--json PATH]
+    python -m benchmarks.engine [--steps 300] [--reference-steps 30] [--threads N] [--kernels K] [--json PATH]
 
 Both train the same members (p=59 MLP, 12 seeds, full batch, CE, float32, same seeds and splits, eval of
 all p^2 pairs every 25 steps): the engine as one cohort; the reference the way common grokking code does
@@ -8,6 +8,7 @@ it, one nn.Module and one torch.optim.AdamW per seed. They run in alternating bl
 same machine load. Prints member-steps per second of each and their ratio, and the CPU time (all
 threads) per member-step, a figure that shared, loaded cores distort less; --json writes
 engine_member_steps_per_s, reference_member_steps_per_s, ratio (plus the CPU figures and settings).
+--kernels aten|native picks the engine's CPU path (default auto: the compiled kernels where they build).
 """
 from __future__ import annotations
 
@@ -83,12 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--p", type=int, default=59)
     ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--kernels", default="auto", choices=["auto", "native", "aten"],
+                    help="engine CPU path (interventions/native; default auto)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = CohortConfig(p=args.p, precision=args.precision)
+    cfg = CohortConfig(p=args.p, precision=args.precision, kernels=args.kernels)
     members = [MemberConfig(key=f"bench/{s}", seed=s, budget=10**9) for s in range(args.members)]
     cohort = Cohort(cfg, members)
     ref = Reference(cohort, cfg)
@@ -112,11 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
            "engine_cpu_ms_per_member_step": cpu_ms["engine"],
            "reference_cpu_ms_per_member_step": cpu_ms["reference"],
            "cpu_ratio": cpu_ms["reference"] / cpu_ms["engine"],
-           "members": args.members, "p": args.p, "precision": args.precision,
+           "members": args.members, "p": args.p, "precision": args.precision, "kernels": cohort.kernels,
            "engine_steps": args.steps, "reference_steps": args.reference_steps,
            "torch_threads": torch.get_num_threads(), "load_average_1m": os.getloadavg()[0]}
-    print(f"p={args.p} members={args.members} {args.precision} threads={torch.get_num_threads()} "
-          f"load={os.getloadavg()[0]:.1f}")
+    print(f"p={args.p} members={args.members} {args.precision} kernels={cohort.kernels} "
+          f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
     print(f"{'':10} {'member-steps/s':>15} {'cpu-ms/member-step':>19}")
     for s in ("engine", "reference"):
         print(f"{s:10} {rate[s]:15.1f} {cpu_ms[s]:19.2f}   ({steps[s]} steps in {wall[s]:.1f} s)")

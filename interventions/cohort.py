@@ -14,6 +14,7 @@ Steps are 1-based: "step t" is the state after t optimizer steps (and the clamp 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from . import levers, models, tasks
+from . import levers, models, native, tasks
 from .optim import AdamW
 
 # Work sizing. On a CPU every member is its own group: its activations stay in cache, groups run in
@@ -61,6 +62,7 @@ class CohortConfig:
     mem_threshold: float = 0.99
     grok_threshold: float = 0.90
     device: str = "cpu"
+    kernels: str = "auto"  # auto | native | aten (interventions/native: compiled CPU kernels for the MLP)
 
     def __post_init__(self):
         def bad(key, why):
@@ -71,6 +73,8 @@ class CohortConfig:
             bad("model", f"unknown model {self.model!r} (expected mlp | transformer | transformer_noln)")
         if self.loss not in levers.LOSSES:
             bad("loss", f"unknown loss {self.loss!r} (expected ce | mse)")
+        if self.kernels not in native.CHOICES:
+            bad("kernels", f"unknown kernels {self.kernels!r} (expected {' | '.join(native.CHOICES)})")
         if self.precision not in levers.DTYPES:
             bad("precision", f"unknown precision {self.precision!r} (expected float32 | float64)")
         for key in ("p", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp", "eval_every", "log_every"):
@@ -228,6 +232,7 @@ class Cohort:
         self.matrices = [s.name for s in self.model.specs if s.matrix]
         self.decay = [s.matrix for s in self.model.specs]
         self.opt = AdamW(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay)
+        self.kernels, self._native = native.resolve(cfg)  # "native" (with its module) or "aten"
         self.ws = models.Workspace()
         self._pool: ThreadPoolExecutor | None = None
         self._tls = threading.local()
@@ -254,11 +259,15 @@ class Cohort:
         self.train_mask = torch.zeros(M, n, dtype=torch.bool, device=self.device)
         self.train_mask.scatter_(1, self.train_idx, True)
         self.test_mask = self.valid.unsqueeze(0) & ~self.train_mask
+        if self._native is not None:  # per pair: 0 undefined, 1 training, 2 test
+            self.split = (self.train_mask.to(torch.uint8) + 2 * self.test_mask.to(torch.uint8)).contiguous()
         N = self.train_idx.shape[1]
         chunk = 1 if self.device.type == "cpu" else max(1, min(M, DEVICE_BLOCK // (N * self.model.work_per_member)))
         self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.paired,
                                           self.dtype)
         self.G = {k: torch.empty_like(v) for k, v in self.P.items()}
+        if self._native is not None:  # per member: its rows of P, m1, m2, as the kernels take them
+            self._rows = [tuple([d[k][i] for k in self.names] for d in (self.P, self.m1, self.m2)) for i in range(M)]
 
     # ---- the step -------------------------------------------------------------------------------
     def _sq(self, sl: slice = slice(None)) -> torch.Tensor:
@@ -272,12 +281,17 @@ class Cohort:
                 fn(it, self.ws)
             return
 
-        def call(it):
+        # one task per worker thread, each taking the next item until none is left: a few futures per
+        # step instead of one per member (each costs a wake-up and the GIL)
+        nxt = itertools.count()
+
+        def drain():
             ws = getattr(self._tls, "ws", None)
             if ws is None:
                 ws = self._tls.ws = models.Workspace()
-            fn(it, ws)
-        for f in [self._pool.submit(call, it) for it in items]:
+            while (i := next(nxt)) < len(items):
+                fn(items[i], ws)
+        for f in [self._pool.submit(drain) for _ in range(min(self._pool._max_workers, len(items)))]:
             f.result()
 
     def _train_step(self) -> torch.Tensor:
@@ -293,6 +307,20 @@ class Cohort:
         loss = torch.empty(len(self.members), dtype=self.dtype, device=self.device)
         self.adam_step += 1
         names, clamp_on = self.names, bool(((self.clamp.first <= t) & (self.clamp.kind > 0)).any())
+        if self._native is not None:
+            step = torch.tensor(float(self.adam_step))
+            hp = [self.cfg.lr, self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.cfg.weight_decay]
+            inv_tau, ce = self.inv_tau.tolist(), self.cfg.loss == "ce"
+
+        def work_native(b: models.Batch, ws: models.Workspace) -> None:
+            i = b.s  # one member per group on a CPU
+            P, m1, m2 = self._rows[i]
+            G = ws.get_list("native:grads", P)  # gradients live only inside the step: one set per thread
+            loss[i] = self._native.train_step(P, G, m1, m2, b.a[0], b.b[0], b.y.view(-1), inv_tau[i], ce,
+                                              step, hp, ws.native("train"))
+            if clamp_on:
+                sl = slice(i, i + 1)
+                self.clamp.apply(t, {k: self.P[k][sl] for k in self.matrices}, self._sq(sl), sl)
 
         def work(b: models.Batch, ws: models.Workspace) -> None:
             sl = slice(b.s, b.e)
@@ -305,7 +333,7 @@ class Cohort:
             if clamp_on:
                 self.clamp.apply(t, {k: self.P[k][sl] for k in self.matrices}, self._sq(sl), sl)
 
-        self._parallel(work, self.batches)
+        self._parallel(work if self._native is None else work_native, self.batches)
         self.step = t
         return loss
 
@@ -320,8 +348,17 @@ class Cohort:
         max probability > 0.999).
         """
         M, p, dev = len(self.members), self.cfg.p, self.device
-        sums = {k: torch.zeros(M, dtype=torch.float64, device=dev) for k in
-                ("train_hit", "test_hit", "lsum", "train_loss", "test_loss", "sc", "sat")}
+        keys = ("train_hit", "test_hit", "lsum", "train_loss", "test_loss", "sc", "sat")
+        sums = {k: torch.zeros(M, dtype=torch.float64, device=dev) for k in keys}
+        if self._native is not None:
+            inv_tau, ce = self.inv_tau.tolist(), self.cfg.loss == "ce"
+
+        def work_native(b: models.Batch, ws: models.Workspace) -> None:
+            i = b.s
+            got = self._native.evaluate(self._rows[i][0], self.labels, self.split[i], inv_tau[i], ce, full,
+                                        ws.native("eval"))
+            for k, v in zip(keys, got):
+                sums[k][i] = v
 
         def work(b: models.Batch, ws: models.Workspace) -> None:
             sl = slice(b.s, b.e)
@@ -352,7 +389,7 @@ class Cohort:
                 sums["sc"][sl] += ((prob.gather(-1, y).squeeze(-1) == 1.0) & tm).sum(1)
                 sums["sat"][sl] += ((prob.amax(-1) > 0.999) & tm).sum(1)
 
-        self._parallel(work, self.batches)
+        self._parallel(work if self._native is None else work_native, self.batches)
         n_train = self.train_idx.shape[1]
         n_test = self.task.n_pairs - n_train
         sq = self._sq().double()

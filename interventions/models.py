@@ -61,6 +61,20 @@ class Workspace:
             b = self.bufs[name] = torch.empty(n, dtype=like.dtype, device=like.device)
         return b[:n].view(shape)
 
+    def get_list(self, name: str, like: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Tensors shaped like `like` (e.g. one member's gradients), kept for the next call."""
+        b = self.bufs.get(name)
+        if b is None or [t.shape for t in b] != [t.shape for t in like] or b[0].dtype != like[0].dtype:
+            b = self.bufs[name] = [torch.empty_like(t) for t in like]
+        return b
+
+    def native(self, name: str) -> torch.Tensor:
+        """A float32 buffer the native kernels size themselves (they grow it on demand)."""
+        b = self.bufs.get("native:" + name)
+        if b is None:
+            b = self.bufs["native:" + name] = torch.empty(0)
+        return b
+
 
 @dataclass
 class Batch:

@@ -31,7 +31,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from . import snapshot
+from . import native, snapshot
 from .cohort import Cohort, CohortConfig, MemberConfig, MemberState
 from .graph import ArmNode, Graph, derive
 from .summary import arm_table
@@ -258,10 +258,12 @@ class Scheduler:
         self.tracker = self.make_tracker()       # on the main thread (a child process dies with it)
         self.worker = Worker()
         st = self.study
+        kernels = sorted({native.resolve(self.cohort_config(a))[0] for a in self.g.order})  # native | aten
         self.worker.put(self.tracker.open_study, st.description or None,
                         {"design": st.design, "preset": st.preset, "digest": self.digest,
                          "source": Path(st.source).name, "n_arms": len(self.g.arms),
-                         "seeds": ",".join(map(str, st.defaults.seed_list()))},
+                         "seeds": ",".join(map(str, st.defaults.seed_list())),
+                         "kernels": ",".join(kernels)},
                         st.resolved_yaml(), self.g, dict(self.state["forks"]))
         while True:
             waves = self.g.waves(set(self.state["arms"]))

@@ -1,0 +1,116 @@
+"""Compiled CPU kernels for the MLP (mlp_cpu.cpp): one member's training step and evaluation per call.
+
+Built on first use with torch's C++ extension loader (gcc/g++ and ninja, ~1 min once; torch caches the
+build under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR). Where they cannot be built or do not
+apply, the engine uses its ATen path (models.MLP), which computes the same thing op by op.
+
+Why our own code here: per member-step on a CPU the ATen path spends ~40% outside the three output
+GEMMs, in memory passes (gather, GeLU, GeLU backward, scatter), in Python dispatch, and waiting for the
+GIL between ops. The kernels fuse those passes and release the GIL for the whole step, so members on
+different worker threads run truly in parallel (benchmarks/engine.py --kernels aten|native).
+
+Choice of kernels, CohortConfig.kernels: "auto" (native where it applies and builds, else ATen),
+"native" (an error if it cannot be used), "aten". INTERVENTIONS_KERNELS=aten (or native) overrides
+"auto" for a whole process.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("mlp_cpu.cpp")
+CHOICES = ("auto", "native", "aten")
+_lock = threading.Lock()
+_state: dict = {}
+
+
+class NativeUnavailable(RuntimeError):
+    pass
+
+
+def _build():
+    import torch
+    from torch.utils.cpp_extension import load
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise NativeUnavailable(f"needs an x86-64 CPU (this is {platform.machine()})")
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap not in ("AVX2", "AVX512"):
+        raise NativeUnavailable(f"needs AVX2 (torch reports CPU capability {cap})")
+    if shutil.which("ninja") is None:  # the pip package's ninja, with a venv that was not activated
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+    name = f"interventions_mlp_cpu_{digest}"
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+        built = (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    except Exception:  # a private helper: only decides whether to print the note below
+        built = False
+    if not built:
+        print("interventions: compiling the native CPU kernels (once; about a minute)...", file=sys.stderr,
+              flush=True)
+    try:
+        return load(name=name, sources=[str(SOURCE)], verbose=False,
+                    extra_cflags=["-O2", "-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"])
+    except Exception as e:  # no compiler, no ninja, no Python headers, ...
+        lines = str(e).strip().splitlines()
+        why = next((ln.strip() for ln in lines if "error" in ln.lower() and "Error building" not in ln),
+                   lines[-1].strip() if lines else type(e).__name__)
+        raise NativeUnavailable(f"could not be built: {why}") from e
+
+
+def module():
+    """The compiled module, building it on first call; raises NativeUnavailable (cached) if it cannot."""
+    with _lock:
+        if "mod" not in _state and "error" not in _state:
+            try:
+                _state["mod"] = _build()
+            except NativeUnavailable as e:
+                _state["error"] = e
+        if "error" in _state:
+            raise _state["error"]
+        return _state["mod"]
+
+
+def applies(cfg) -> str | None:
+    """Why the native kernels cannot run this cohort configuration, or None if they can."""
+    if cfg.model != "mlp":
+        return f"model {cfg.model} (native kernels: mlp only)"
+    if cfg.precision != "float32":
+        return f"precision {cfg.precision} (native kernels: float32 only)"
+    if not str(cfg.device).startswith("cpu"):
+        return f"device {cfg.device} (native kernels: cpu only)"
+    if cfg.d_hidden % 8:
+        return f"d_hidden {cfg.d_hidden} (native kernels: a multiple of 8)"
+    return None
+
+
+def resolve(cfg):
+    """(kernels name, module or None) for a CohortConfig: "native" with the module, or "aten"."""
+    choice = cfg.kernels
+    if choice == "auto":
+        choice = os.environ.get("INTERVENTIONS_KERNELS", "auto") or "auto"
+        if choice not in CHOICES:
+            raise ValueError(f"INTERVENTIONS_KERNELS: {choice!r} (expected {' | '.join(CHOICES)})")
+    if choice == "aten":
+        return "aten", None
+    why = applies(cfg)
+    if why is not None:
+        if choice == "native":
+            raise ValueError(f"cohort.kernels: native kernels cannot run {why}")
+        return "aten", None
+    try:
+        return "native", module()
+    except NativeUnavailable as e:
+        if choice == "native":
+            raise ValueError(f"cohort.kernels: native kernels unavailable: {e}") from None
+        if not _state.get("warned"):
+            _state["warned"] = True
+            warnings.warn(f"interventions: native CPU kernels unavailable ({e}); using the ATen path "
+                          "(slower, same mathematics)", RuntimeWarning, stacklevel=3)
+        return "aten", None

@@ -1,0 +1,320 @@
+// The paper's MLP on a CPU: one member's training step, and its evaluation, each one call that releases
+// the GIL (so members on different worker threads run truly in parallel).
+//
+// The mathematics of models.MLP.loss_grads + optim.AdamW (the ATen path), arranged for one core:
+//   * the first layer is the ATen path's two table lookups (Ta = E W1a + b1, Tb = E W1b), fused with the
+//     GeLU, which also writes GeLU'(pre), so pre is never stored and the backward is one multiply; erf is
+//     ATen's AVX2 polynomial (Abramowitz-Stegun 7.1.26), its exp(-x^2/2) shared with GeLU's derivative;
+//   * softmax cross-entropy (or MSE) and d loss / d logits in one pass over each row of logits;
+//   * the backward scatters dh * GeLU' into the table rows in example order;
+//   * the three (N x H x p) products are MKL GEMMs with p padded to 16 columns, as in the ATen path;
+//   * AdamW is torch's fused kernel, the same call as optim.py.
+// Rounding differs from the ATen path in the last bits (erf, exp, summation order): each path is
+// deterministic, the two are not bit-identical; tests/test_engine_native.py bounds the difference.
+#include <torch/extension.h>
+#include <ATen/cpu/vec/vec.h>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+
+void check(bool ok, const char* what) { TORCH_CHECK(ok, "interventions native MLP kernels: ", what); }
+
+float hsum(const Vec& v) {  // lanes summed in order
+  float lanes[Vec::size()];
+  v.store(lanes);
+  float s = 0.0f;
+  for (int i = 0; i < Vec::size(); ++i) s += lanes[i];
+  return s;
+}
+
+// exp(x), inline (Cephes expf: range reduction by ln 2, degree-6 polynomial; <= 2 ulp over the normal
+// range, 0 below ln(FLT_MIN)). A call into Sleef per vector cost more than this arithmetic.
+inline Vec exp_inline(const Vec& x_in) {
+  const Vec hi(88.3762626647949f), lo(-87.3365447504f);
+  const Vec x0 = at::vec::minimum(at::vec::maximum(x_in, lo), hi);
+  const Vec fx = (at::vec::fmadd(x0, Vec(1.44269504088896341f), Vec(0.5f))).floor();
+  Vec x = at::vec::fmadd(fx, Vec(-0.693359375f), x0);
+  x = at::vec::fmadd(fx, Vec(2.12194440e-4f), x);
+  Vec y(1.9875691500e-4f);
+  y = at::vec::fmadd(y, x, Vec(1.3981999507e-3f));
+  y = at::vec::fmadd(y, x, Vec(8.3334519073e-3f));
+  y = at::vec::fmadd(y, x, Vec(4.1665795894e-2f));
+  y = at::vec::fmadd(y, x, Vec(1.6666665459e-1f));
+  y = at::vec::fmadd(y, x, Vec(5.0000001201e-1f));
+  y = at::vec::fmadd(y, x * x, x + Vec(1.0f));
+  const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return Vec::blendv(y * Vec(_mm256_castsi256_ps(n)), Vec(0.0f), x_in < lo);
+}
+
+// gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x), exact-erf GeLU; erf(u), u = x / sqrt(2), as in
+// ATen's Vectorized<float>::erf (|error| < 1.5e-7).
+inline void gelu_and_grad(const Vec& x, Vec& h, Vec& gd) {
+  const Vec kAlpha(float(M_SQRT1_2)), kBeta(float(M_2_SQRTPI * M_SQRT1_2 * 0.5));
+  const Vec one(1.0f), half(0.5f);
+  const Vec p(0.3275911f), p1(0.254829592f), p2(-0.284496736f), p3(1.421413741f), p4(-1.453152027f),
+      p5(1.061405429f);
+  const Vec u = x * kAlpha;
+  const Vec t = one / at::vec::fmadd(p, u.abs(), one);
+  const Vec r = at::vec::fmadd(at::vec::fmadd(at::vec::fmadd(at::vec::fmadd(p5, t, p4), t, p3), t, p2), t, p1);
+  const Vec ex = exp_inline(Vec(0.0f) - u * u);  // exp(-x^2 / 2): erf's and phi's
+  const Vec erf_abs = one - r * t * ex;
+  const Vec cdf = half * (one + Vec::blendv(erf_abs, Vec(0.0f) - erf_abs, u < Vec(0.0f)));
+  h = x * cdf;
+  gd = cdf + x * (kBeta * ex);
+}
+
+// Work buffers: views into `ws`, the calling thread's float32 buffer, grown on demand and kept between
+// calls (fresh MB-sized allocations every step cost page faults).
+struct Carver {
+  at::Tensor& ws;
+  int64_t off = 0;
+  Carver(at::Tensor& w, std::initializer_list<int64_t> sizes) : ws(w) {
+    check(ws.is_contiguous() && ws.scalar_type() == at::kFloat, "workspace: a contiguous float32 tensor");
+    int64_t need = 0;
+    for (int64_t n : sizes) need += (n + 15) / 16 * 16;
+    if (ws.numel() < need) ws.resize_({need});
+  }
+  at::Tensor take(at::IntArrayRef shape) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    at::Tensor t = ws.narrow(0, off, n).view(shape);
+    off += (n + 15) / 16 * 16;  // 64-byte aligned views
+    return t;
+  }
+};
+
+// Ta = E W1a + b1, Tb = E W1b (2, p, H); W1a, W1b: the rows of W1 reading the a- and b-embedding.
+void tables(const std::vector<at::Tensor>& P, at::Tensor& T) {
+  const int64_t d = P[0].size(1);
+  at::Tensor Ta = T[0], Tb = T[1];
+  at::addmm_out(Ta, P[3], P[0], P[1].narrow(0, 0, d));
+  at::mm_out(Tb, P[0], P[1].narrow(0, d, d));
+}
+
+// W2 padded to Pp columns with zeros, b2 with `fill` (-inf keeps the pads out of a softmax).
+void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p, float fill) {
+  const int64_t p = P[2].size(1);
+  W2p.zero_();
+  W2p.narrow(1, 0, p).copy_(P[2]);
+  b2p.fill_(fill);
+  b2p.narrow(0, 0, p).copy_(P[4]);
+}
+
+// z (N, P) = h W2p without the bias; the first p columns real. Replaces z by d loss / d logits (mean over
+// the N pairs), returns the summed per-pair loss, adds the column sums of d loss / d logits to db2 (P,).
+double loss_rows(float* z, const float* bias, const int64_t* y, int64_t N, int64_t p, int64_t P, float inv_tau,
+                 bool ce, float* db2) {
+  const float g_scale = ce ? inv_tau / float(N) : inv_tau * float(2.0 / N);
+  const Vec vinv(inv_tau);
+  double loss = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    float* s = z + i * P;
+    const int64_t yi = y[i];
+    if (ce) {
+      Vec vmax(-std::numeric_limits<float>::infinity());
+      for (int64_t j = 0; j < P; j += Vec::size()) {
+        const Vec v = (Vec::loadu(s + j) + Vec::loadu(bias + j)) * vinv;  // logits / tau; pads -inf
+        v.store(s + j);
+        vmax = at::vec::maximum(vmax, v);
+      }
+      float lanes[Vec::size()];
+      vmax.store(lanes);
+      float m = lanes[0];
+      for (int k = 1; k < Vec::size(); ++k) m = std::max(m, lanes[k]);
+      const float zy = s[yi] - m;
+      Vec vsum(0.0f);
+      for (int64_t j = 0; j < P; j += Vec::size()) {
+        const Vec e = exp_inline(Vec::loadu(s + j) - Vec(m));
+        e.store(s + j);
+        vsum = vsum + e;
+      }
+      const float sum = hsum(vsum);
+      // -log softmax_y = log(sum) - (z_y / tau - max): finite for any finite logits; NaN/inf logits make
+      // it non-finite, which the cohort reads as divergence
+      loss += double(std::log(sum)) - double(zy);
+      const Vec vk(g_scale / sum);
+      for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(s + j) * vk).store(s + j);
+      s[yi] -= g_scale;
+    } else {  // pads: zero logits and bias, zero target: no loss, zero gradient
+      for (int64_t j = 0; j < p; ++j) {
+        const float r = (s[j] + bias[j]) * inv_tau - (j == yi ? 1.0f : 0.0f);
+        loss += double(r) * double(r);
+        s[j] = r * g_scale;
+      }
+    }
+    for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(db2 + j) + Vec::loadu(s + j)).store(db2 + j);
+  }
+  return loss;
+}
+
+// dE = dTa W1a^T + dTb W1b^T: each entry a dot product of length 2H in a fixed order. Own loop, not
+// MKL: MKL's result for this small product with a transposed operand differed in the last bit between a
+// thread's first training step and its later ones (MKL_CBWR did not prevent it, nor did warming up),
+// which broke bit-identical resume.
+void embed_grad(const float* dTa, const float* dTb, const float* W1a, const float* W1b, int64_t p, int64_t d,
+                int64_t H, float* dE) {
+  for (int64_t x = 0; x < p; ++x) {
+    for (int64_t k = 0; k < d; ++k) {
+      Vec acc0(0.0f), acc1(0.0f);
+      for (int64_t j = 0; j < H; j += Vec::size()) {
+        acc0 = at::vec::fmadd(Vec::loadu(dTa + x * H + j), Vec::loadu(W1a + k * H + j), acc0);
+        acc1 = at::vec::fmadd(Vec::loadu(dTb + x * H + j), Vec::loadu(W1b + k * H + j), acc1);
+      }
+      dE[x * d + k] = hsum(acc0 + acc1);
+    }
+  }
+}
+
+// One member's training step. P, G, m1, m2: E (p, d), W1 (2d, H), W2 (H, p), b1 (H,), b2 (p,) (no member
+// dim; G is scratch); a, b, y (N,): the training pairs' operands and labels; hp: lr, beta1, beta2, eps,
+// weight decay. Loss and gradients on all N pairs, then AdamW (weight decay on E, W1, W2, not on the
+// biases). Returns the loss before the step.
+double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vector<at::Tensor> m1,
+                  std::vector<at::Tensor> m2, const at::Tensor& a, const at::Tensor& b, const at::Tensor& y,
+                  double inv_tau, bool ce, const at::Tensor& adam_step, std::vector<double> hp, at::Tensor ws) {
+  at::NoGradGuard no_grad;
+  const int64_t p = P[0].size(0), d = P[0].size(1), H = P[1].size(1), N = a.size(0), Pp = (p + 15) / 16 * 16;
+  check(P[0].scalar_type() == at::kFloat && P[0].device().is_cpu(), "float32 CPU tensors only");
+  check(H % Vec::size() == 0, "d_hidden must be a multiple of 8");
+  check(a.is_contiguous() && b.is_contiguous() && y.is_contiguous() && a.scalar_type() == at::kLong &&
+        b.scalar_type() == at::kLong && y.scalar_type() == at::kLong, "indices: contiguous int64");
+  for (const auto& x : P) check(x.is_contiguous(), "parameters: contiguous");
+  for (const auto& g : G) check(g.is_contiguous(), "gradients: contiguous");
+  Carver c(ws, {2 * p * H, H * Pp, Pp, N * H, N * H, N * Pp, 2 * p * H, H * Pp, Pp});
+  at::Tensor T = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
+  at::Tensor h = c.take({N, H}), gd = c.take({N, H}), z = c.take({N, Pp});
+  at::Tensor dT = c.take({2, p, H}), dW2 = c.take({H, Pp}), db2 = c.take({Pp});
+  tables(P, T);
+  readout(P, W2p, b2p, ce ? -std::numeric_limits<float>::infinity() : 0.0f);
+  const float* t = T.data_ptr<float>();
+  const int64_t *pa = a.data_ptr<int64_t>(), *pb = b.data_ptr<int64_t>();
+  float *ph = h.data_ptr<float>(), *pg = gd.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {  // forward to the hidden layer
+    const float* ra = t + pa[n] * H;
+    const float* rb = t + (p + pb[n]) * H;
+    for (int64_t j = 0; j < H; j += Vec::size()) {
+      Vec hv, gv;
+      gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
+      hv.store(ph + n * H + j);
+      gv.store(pg + n * H + j);
+    }
+  }
+  at::mm_out(z, h, W2p);
+  db2.zero_();
+  const double loss = loss_rows(z.data_ptr<float>(), b2p.data_ptr<float>(), y.data_ptr<int64_t>(), N, p, Pp,
+                                float(inv_tau), ce, db2.data_ptr<float>()) / double(N);
+  at::mm_out(dW2, h.t(), z);
+  at::mm_out(h, z, W2p.t());  // dh, into h's buffer
+  dT.zero_();
+  float* pdT = dT.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {  // dpre = dh * gelu'(pre), summed into the table rows it came from
+    float* ra = pdT + pa[n] * H;
+    float* rb = pdT + (p + pb[n]) * H;
+    for (int64_t j = 0; j < H; j += Vec::size()) {
+      const Vec v = Vec::loadu(ph + n * H + j) * Vec::loadu(pg + n * H + j);
+      (Vec::loadu(ra + j) + v).store(ra + j);
+      (Vec::loadu(rb + j) + v).store(rb + j);
+    }
+  }
+  const at::Tensor dTa = dT[0], dTb = dT[1];
+  G[2].copy_(dW2.narrow(1, 0, p));
+  G[4].copy_(db2.narrow(0, 0, p));
+  at::sum_out(G[3], dTa, {0});  // every pair lands in exactly one row of Ta
+  embed_grad(dTa.data_ptr<float>(), dTb.data_ptr<float>(), P[1].data_ptr<float>(), P[1].data_ptr<float>() + d * H,
+             p, d, H, G[0].data_ptr<float>());
+  at::Tensor GW1a = G[1].narrow(0, 0, d), GW1b = G[1].narrow(0, d, d);
+  at::mm_out(GW1a, P[0].t(), dTa);
+  at::mm_out(GW1b, P[0].t(), dTb);
+  const double lr = hp[0], beta1 = hp[1], beta2 = hp[2], eps = hp[3], wd = hp[4];
+  std::vector<at::Tensor> steps(3, adam_step);
+  at::_fused_adamw_({P[0], P[1], P[2]}, {G[0], G[1], G[2]}, {m1[0], m1[1], m1[2]}, {m2[0], m2[1], m2[2]}, {},
+                    steps, lr, beta1, beta2, wd, eps, false, false);
+  steps.resize(2);
+  at::_fused_adamw_({P[3], P[4]}, {G[3], G[4]}, {m1[3], m1[4]}, {m2[3], m2[4]}, {}, steps, lr, beta1, beta2, 0.0,
+                    eps, false, false);
+  return loss;
+}
+
+// One member over all p^2 pairs, Cohort._evaluate's definitions. labels (p^2,) int64; split (p^2,) uint8:
+// 0 undefined pair, 1 training, 2 test. Returns the sums [train hits, test hits, |logits / tau| over the
+// defined pairs, train loss, test loss, sc (p_y == 1 exactly), saturated (max p > 0.999)], the last four
+// over training pairs (losses over both) and only with `full`.
+std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels, const at::Tensor& split,
+                             double inv_tau_d, bool ce, bool full, at::Tensor ws) {
+  at::NoGradGuard no_grad;
+  const int64_t p = P[0].size(0), H = P[1].size(1), Pp = (p + 15) / 16 * 16;
+  check(P[0].scalar_type() == at::kFloat && H % Vec::size() == 0, "float32, d_hidden a multiple of 8");
+  check(labels.is_contiguous() && split.is_contiguous() && split.scalar_type() == at::kByte, "labels/split");
+  const int64_t R = std::max<int64_t>(1, 1024 / p);  // a-values per block of ~1024 pairs
+  Carver c(ws, {2 * p * H, H * Pp, Pp, R * p * H, R * p * Pp});
+  at::Tensor T = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
+  at::Tensor h = c.take({R * p, H}), z = c.take({R * p, Pp});
+  tables(P, T);
+  readout(P, W2p, b2p, 0.0f);
+  const float* t = T.data_ptr<float>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const uint8_t* sp = split.data_ptr<uint8_t>();
+  const float inv_tau = float(inv_tau_d);
+  std::vector<double> out(7, 0.0);
+  std::vector<float> s(p);
+  for (int64_t a0 = 0; a0 < p; a0 += R) {
+    const int64_t n = std::min(R, p - a0) * p;
+    float* ph = h.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const float* ra = t + (a0 + i / p) * H;  // Ta[a]
+      const float* rb = t + (p + i % p) * H;   // Tb[b]
+      for (int64_t j = 0; j < H; j += Vec::size()) {
+        Vec hv, gv;  // gv unused: the compiler drops its arithmetic
+        gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
+        hv.store(ph + i * H + j);
+      }
+    }
+    at::Tensor zb = z.narrow(0, 0, n);
+    at::addmm_out(zb, b2p, h.narrow(0, 0, n), W2p);
+    const float* pz = zb.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t q = a0 * p + i;
+      const uint8_t kind = sp[q];
+      if (kind == 0) continue;
+      const int64_t y = lab[q];
+      float m = -std::numeric_limits<float>::infinity(), sq = 0.0f;
+      int64_t arg = 0;
+      for (int64_t j = 0; j < p; ++j) {
+        s[j] = pz[i * Pp + j] * inv_tau;
+        sq += s[j] * s[j];
+        if (!(s[j] <= m) && !(m != m)) { m = s[j]; arg = j; }  // torch.argmax: the first max; NaN wins
+      }
+      out[kind == 1 ? 0 : 1] += arg == y;
+      out[2] += std::sqrt(sq);
+      if (!full) continue;
+      float sum = 0.0f;
+      for (int64_t j = 0; j < p; ++j) sum += std::exp(s[j] - m);
+      double per = 0.0;
+      if (ce) {
+        per = double(m) + std::log(double(sum)) - double(s[y]);
+      } else {
+        for (int64_t j = 0; j < p; ++j) {
+          const double e = double(s[j]) - (j == y ? 1.0 : 0.0);
+          per += e * e;
+        }
+      }
+      out[kind == 1 ? 3 : 4] += per;
+      if (kind == 1) {
+        out[5] += std::exp(s[y] - m) / sum == 1.0f;
+        out[6] += 1.0f / sum > 0.999f;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("train_step", &train_step, py::call_guard<py::gil_scoped_release>());
+  m.def("evaluate", &evaluate, py::call_guard<py::gil_scoped_release>());
+}
