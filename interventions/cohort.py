@@ -3,7 +3,8 @@
 Parameters and Adam moments are (M, ...) tensors, row m = member m. Each step, per member (per group of
 members on an accelerator; on a CPU members run in parallel on worker threads): full-batch forward and
 hand-written backward on its own training pairs (models.py), AdamW (optim.py), then the clamp
-(levers.py). Every `eval_every` steps all p^2 pairs are evaluated (train/test accuracy -> t_mem,
+(levers.py); for the float32 MLP on a CPU the first three are one call into the compiled kernels
+(native/, `kernels`). Every `eval_every` steps all p^2 pairs are evaluated (train/test accuracy -> t_mem,
 t_grok); every `log_every` steps (and at the cohort's first step and a member's last) the curves.
 Members retire (grokked + margin, budget, or diverged: NaN/inf loss or weights): their final state and
 records are kept and their rows leave the tensors, so they stop costing compute. Nothing is mixed across
@@ -265,7 +266,8 @@ class Cohort:
         chunk = 1 if self.device.type == "cpu" else max(1, min(M, DEVICE_BLOCK // (N * self.model.work_per_member)))
         self.batches = models.make_batches(self.train_idx, self.labels, self.cfg.p, chunk, self.model.paired,
                                           self.dtype)
-        self.G = {k: torch.empty_like(v) for k, v in self.P.items()}
+        # gradients: per member on the ATen path; the native kernels keep one set per worker thread
+        self.G = {k: torch.empty_like(v) for k, v in self.P.items()} if self._native is None else {}
         if self._native is not None:  # per member: its rows of P, m1, m2, as the kernels take them
             self._rows = [tuple([d[k][i] for k in self.names] for d in (self.P, self.m1, self.m2)) for i in range(M)]
 
