@@ -293,7 +293,7 @@ class Cohort:
                 ws = self._tls.ws = models.Workspace()
             while (i := next(nxt)) < len(items):
                 fn(items[i], ws)
-        for f in [self._pool.submit(drain) for _ in range(min(self._pool._max_workers, len(items)))]:
+        for f in [self._pool.submit(drain) for _ in range(min(self._workers, len(items)))]:
             f.result()
 
     def _train_step(self) -> torch.Tensor:
@@ -421,7 +421,7 @@ class Cohort:
             # MKL may take another code path for small GEMMs on the main thread than on the others,
             # and a member's bits must not depend on where it ran.
             torch.set_num_threads(1)
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cohort")
+            self._pool, self._workers = ThreadPoolExecutor(threads, thread_name_prefix="cohort"), threads
         try:
             self._run(until, stop, on_log, checkpoint_every, on_checkpoint)
         finally:

@@ -110,8 +110,10 @@ def test_a_member_does_not_depend_on_its_cohort_mates_or_the_thread_count(kernel
 
 
 def test_run_in_pieces_and_resume_are_bit_identical(kernels, tmp_path):
-    """New worker threads at every call to run() must not change a bit (see embed_grad in mlp_cpu.cpp)."""
-    cfg = CohortConfig(**SMALL)
+    """New worker threads at every call to run() must not change a bit (see embed_grad in mlp_cpu.cpp).
+
+    p = 37: 547 training pairs, more than one block of 512 (the dW2 product accumulates over blocks)."""
+    cfg = CohortConfig(**{**SMALL, "p": 37})
     whole = Cohort(cfg, members())
     whole.run(until=30)
     pieces = Cohort(cfg, members())

@@ -107,8 +107,8 @@ void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p,
 // z (N, P) = h W2p without the bias; the first p columns real. Replaces z by d loss / d logits (mean over
 // the N pairs), returns the summed per-pair loss, adds the column sums of d loss / d logits to db2 (P,).
 double loss_rows(float* z, const float* bias, const int64_t* y, int64_t N, int64_t p, int64_t P, float inv_tau,
-                 bool ce, float* db2) {
-  const float g_scale = ce ? inv_tau / float(N) : inv_tau * float(2.0 / N);
+                 bool ce, float* db2, int64_t Ntot) {
+  const float g_scale = ce ? inv_tau / float(Ntot) : inv_tau * float(2.0 / Ntot);
   const Vec vinv(inv_tau);
   double loss = 0.0;
   for (int64_t i = 0; i < N; ++i) {
@@ -184,42 +184,49 @@ double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vec
         b.scalar_type() == at::kLong && y.scalar_type() == at::kLong, "indices: contiguous int64");
   for (const auto& x : P) check(x.is_contiguous(), "parameters: contiguous");
   for (const auto& g : G) check(g.is_contiguous(), "gradients: contiguous");
-  Carver c(ws, {2 * p * H, H * Pp, Pp, N * H, N * H, N * Pp, 2 * p * H, H * Pp, Pp});
+  const int64_t B = std::min<int64_t>(N, 512);  // pairs per block: its h, GeLU', logits stay in L2
+  Carver c(ws, {2 * p * H, H * Pp, Pp, B * H, B * H, B * Pp, 2 * p * H, H * Pp, Pp});
   at::Tensor T = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
-  at::Tensor h = c.take({N, H}), gd = c.take({N, H}), z = c.take({N, Pp});
+  at::Tensor h = c.take({B, H}), gd = c.take({B, H}), z = c.take({B, Pp});
   at::Tensor dT = c.take({2, p, H}), dW2 = c.take({H, Pp}), db2 = c.take({Pp});
   tables(P, T);
   readout(P, W2p, b2p, ce ? -std::numeric_limits<float>::infinity() : 0.0f);
   const float* t = T.data_ptr<float>();
   const int64_t *pa = a.data_ptr<int64_t>(), *pb = b.data_ptr<int64_t>();
   float *ph = h.data_ptr<float>(), *pg = gd.data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {  // forward to the hidden layer
-    const float* ra = t + pa[n] * H;
-    const float* rb = t + (p + pb[n]) * H;
-    for (int64_t j = 0; j < H; j += Vec::size()) {
-      Vec hv, gv;
-      gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
-      hv.store(ph + n * H + j);
-      gv.store(pg + n * H + j);
-    }
-  }
-  at::mm_out(z, h, W2p);
   db2.zero_();
-  const double loss = loss_rows(z.data_ptr<float>(), b2p.data_ptr<float>(), y.data_ptr<int64_t>(), N, p, Pp,
-                                float(inv_tau), ce, db2.data_ptr<float>()) / double(N);
-  at::mm_out(dW2, h.t(), z);
-  at::mm_out(h, z, W2p.t());  // dh, into h's buffer
   dT.zero_();
   float* pdT = dT.data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {  // dpre = dh * gelu'(pre), summed into the table rows it came from
-    float* ra = pdT + pa[n] * H;
-    float* rb = pdT + (p + pb[n]) * H;
-    for (int64_t j = 0; j < H; j += Vec::size()) {
-      const Vec v = Vec::loadu(ph + n * H + j) * Vec::loadu(pg + n * H + j);
-      (Vec::loadu(ra + j) + v).store(ra + j);
-      (Vec::loadu(rb + j) + v).store(rb + j);
+  double loss_sum = 0.0;
+  for (int64_t n0 = 0; n0 < N; n0 += B) {
+    const int64_t nb = std::min(B, N - n0);
+    for (int64_t n = 0; n < nb; ++n) {
+      const float* ra = t + pa[n0 + n] * H;
+      const float* rb = t + (p + pb[n0 + n]) * H;
+      for (int64_t j = 0; j < H; j += Vec::size()) {
+        Vec hv, gv;
+        gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
+        hv.store(ph + n * H + j);
+        gv.store(pg + n * H + j);
+      }
+    }
+    at::Tensor hb = h.narrow(0, 0, nb), zb = z.narrow(0, 0, nb);
+    at::mm_out(zb, hb, W2p);
+    loss_sum += loss_rows(zb.data_ptr<float>(), b2p.data_ptr<float>(), y.data_ptr<int64_t>() + n0, nb, p, Pp,
+                          float(inv_tau), ce, db2.data_ptr<float>(), N);
+    if (n0 == 0) at::mm_out(dW2, hb.t(), zb); else dW2.addmm_(hb.t(), zb);
+    at::mm_out(hb, zb, W2p.t());
+    for (int64_t n = 0; n < nb; ++n) {
+      float* ra = pdT + pa[n0 + n] * H;
+      float* rb = pdT + (p + pb[n0 + n]) * H;
+      for (int64_t j = 0; j < H; j += Vec::size()) {
+        const Vec v = Vec::loadu(ph + n * H + j) * Vec::loadu(pg + n * H + j);
+        (Vec::loadu(ra + j) + v).store(ra + j);
+        (Vec::loadu(rb + j) + v).store(rb + j);
+      }
     }
   }
+  const double loss = loss_sum / double(N);
   const at::Tensor dTa = dT[0], dTb = dT[1];
   G[2].copy_(dW2.narrow(1, 0, p));
   G[4].copy_(db2.narrow(0, 0, p));
