@@ -296,21 +296,49 @@ class Cohort:
         for f in [self._pool.submit(drain) for _ in range(min(self._workers, len(items)))]:
             f.result()
 
-    def _train_step(self) -> torch.Tensor:
-        """One optimizer step (+ clamp) of every active member; returns the per-member loss before it.
+    def _chunk_end(self, until: int | None, checkpoint_every: int | None) -> int:
+        """Last step of the next chunk: the steps before it need no cohort-wide decision (no eval, log,
+        checkpoint, clamp resolution, budget or grok-margin retirement, `until`)."""
+        t, cfg = self.step, self.cfg
+        ends = [(t // cfg.eval_every + 1) * cfg.eval_every, (t // cfg.log_every + 1) * cfg.log_every]
+        if t == self.start_step:
+            ends.append(t + 1)  # a cohort's first step is logged
+        if until is not None:
+            ends.append(until)
+        if checkpoint_every:
+            ends.append((t // checkpoint_every + 1) * checkpoint_every)
+        for m in self.members:
+            ends.append(m.budget)
+            t_grok = self.records[m.key]["t_grok"]
+            if t_grok is not None:
+                ends.append(t_grok + m.margin)
+        later = (self.clamp.kind > 0) & (self.clamp.first > t + 1)
+        if bool(later.any()):
+            ends.append(int(self.clamp.first[later].min()) - 1)  # its first clamped step starts a chunk
+        return max(t + 1, min(ends))
 
-        Each member group does forward, backward, AdamW and clamp on its own rows; groups run in parallel.
+    def _train_steps(self, k: int) -> dict[int, int]:
+        """k optimizer steps (+ clamp) of every active member; returns {row: step} of members whose loss
+        turned non-finite (on a CPU they stop at that step; in a multi-member group, at the chunk's end).
+
+        Member by member (a member's arithmetic is its own): each worker thread takes a member and runs
+        its k steps, so the member's weights stay in the core's caches and threads wait for each other
+        once per chunk, not once per step.
         """
-        t = self.step + 1
-        if bool(((self.clamp.first == t) & (self.clamp.kind > 0)).any()):
-            for i in self.clamp.resolve(t, self.members, self._sq()):
+        t0, adam0 = self.step, self.adam_step
+        if bool(((self.clamp.first == t0 + 1) & (self.clamp.kind > 0)).any()):
+            for i in self.clamp.resolve(t0 + 1, self.members, self._sq()):
                 rec = self.records[self.members[i].key]
                 rec["N0"], rec["target"] = float(self.clamp.N0[i]), float(self.clamp.target[i])
-        loss = torch.empty(len(self.members), dtype=self.dtype, device=self.device)
-        self.adam_step += 1
-        names, clamp_on = self.names, bool(((self.clamp.first <= t) & (self.clamp.kind > 0)).any())
+        names, stopped = self.names, {}
+        kind, first = self.clamp.kind.tolist(), self.clamp.first.tolist()
+
+        def clamp(sl: slice, t: int) -> None:
+            if any(kind[i] > 0 and first[i] <= t for i in range(sl.start, sl.stop)):
+                self.clamp.apply(t, {n: self.P[n][sl] for n in self.matrices}, self._sq(sl), sl)
+
         if self._native is not None:
-            step = torch.tensor(float(self.adam_step))
+            steps = [torch.tensor(float(adam0 + s)) for s in range(1, k + 1)]
             hp = [self.cfg.lr, self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.cfg.weight_decay]
             inv_tau, ce = self.inv_tau.tolist(), self.cfg.loss == "ce"
 
@@ -318,26 +346,34 @@ class Cohort:
             i = b.s  # one member per group on a CPU
             P, m1, m2 = self._rows[i]
             G = ws.get_list("native:grads", P)  # gradients live only inside the step: one set per thread
-            loss[i] = self._native.train_step(P, G, m1, m2, b.a[0], b.b[0], b.y.view(-1), inv_tau[i], ce,
-                                              step, hp, ws.native("train"))
-            if clamp_on:
-                sl = slice(i, i + 1)
-                self.clamp.apply(t, {k: self.P[k][sl] for k in self.matrices}, self._sq(sl), sl)
+            args = (b.a[0], b.b[0], b.y.view(-1), inv_tau[i], ce)
+            for s in range(1, k + 1):
+                loss = self._native.train_step(P, G, m1, m2, *args, steps[s - 1], hp, ws.native("train"))
+                clamp(slice(i, i + 1), t0 + s)
+                if not math.isfinite(loss):
+                    stopped[i] = t0 + s
+                    return
 
         def work(b: models.Batch, ws: models.Workspace) -> None:
             sl = slice(b.s, b.e)
-            P = [self.P[k][sl] for k in names]
-            G = [self.G[k][sl] for k in names]
-            loss[sl] = self.model.loss_grads(dict(zip(names, P)), dict(zip(names, G)), b, self.inv_tau[sl],
+            P = [self.P[n][sl] for n in names]
+            G = [self.G[n][sl] for n in names]
+            m1, m2 = [self.m1[n][sl] for n in names], [self.m2[n][sl] for n in names]
+            for s in range(1, k + 1):
+                loss = self.model.loss_grads(dict(zip(names, P)), dict(zip(names, G)), b, self.inv_tau[sl],
                                              self.cfg.loss, ws)
-            self.opt.step(P, G, [self.m1[k][sl] for k in names], [self.m2[k][sl] for k in names],
-                          self.decay, self.adam_step)
-            if clamp_on:
-                self.clamp.apply(t, {k: self.P[k][sl] for k in self.matrices}, self._sq(sl), sl)
+                self.opt.step(P, G, m1, m2, self.decay, adam0 + s)
+                clamp(sl, t0 + s)
+                bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
+                if bad and b.e - b.s == 1:
+                    stopped[b.s] = t0 + s
+                    return
+                for j in bad:  # a group steps on together; its diverged rows retire at the chunk's end
+                    stopped.setdefault(b.s + j, t0 + k)
 
         self._parallel(work if self._native is None else work_native, self.batches)
-        self.step = t
-        return loss
+        self.step, self.adam_step = t0 + k, adam0 + k
+        return stopped
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -433,34 +469,39 @@ class Cohort:
     def _run(self, until, stop, on_log, checkpoint_every, on_checkpoint) -> None:
         cfg = self.cfg
         while self.members and (until is None or self.step < until):
-            loss = self._train_step()
+            stopped = self._train_steps(self._chunk_end(until, checkpoint_every) - self.step)
             t = self.step
-            bad = (~torch.isfinite(loss)).nonzero().flatten().tolist()
+            early = {i: s for i, s in stopped.items() if s < t}  # frozen at an earlier step of the chunk
+            bad = set(stopped)
             is_eval = t % cfg.eval_every == 0
             is_log = t % cfg.log_every == 0 or t == self.start_step + 1
             ev = self._evaluate(full=is_log) if (is_eval or is_log) else None
             if is_eval:
-                bad += (~torch.isfinite(ev["norm/total"])).nonzero().flatten().tolist()
-                self._detect(t, ev)
-            for i in set(bad):
+                bad |= set((~torch.isfinite(ev["norm/total"])).nonzero().flatten().tolist())
+                self._detect(t, ev, skip=early)
+            for i in bad:
                 self.records[self.members[i].key]["diverged"] = True
             due = [i for i, m in enumerate(self.members) if self._reason(m, t)]
             if due and not is_log:
                 ev = self._evaluate(full=True)  # the retiring members' last curve row
             if is_log or due:
-                rows = self._log(t, ev, range(len(self.members)) if is_log else due)
-                if on_log is not None and rows:
-                    on_log(self, t, rows)
+                which = [i for i in (range(len(self.members)) if is_log else due) if i not in early]
+                logged = [(t, self._log(t, ev, which))] + [(s, self._log(s, ev, [i])) for i, s in early.items()]
+                for step, rows in logged:
+                    if on_log is not None and rows:
+                        on_log(self, step, rows)
             if due:
-                self._retire(due, t)
+                self._retire(due, t, early)
             if checkpoint_every and on_checkpoint is not None and t % checkpoint_every == 0:
                 on_checkpoint(self)
             if stop is not None and is_eval and stop(self):
                 break
 
-    def _detect(self, t: int, ev: dict) -> None:
+    def _detect(self, t: int, ev: dict, skip=()) -> None:
         tr, te = ev["train/acc"].tolist(), ev["test/acc"].tolist()
         for i, m in enumerate(self.members):
+            if i in skip:
+                continue
             rec = self.records[m.key]
             rec["evals"].append((t, tr[i], te[i]))
             t_mem, t_grok = detect_times([(t, tr[i], te[i])], self.cfg.mem_threshold, self.cfg.grok_threshold)
@@ -494,13 +535,15 @@ class Cohort:
             rows[self.members[i].key] = row
         return rows
 
-    def _retire(self, due: list[int], t: int) -> None:
+    def _retire(self, due: list[int], t: int, early: dict[int, int] | None = None) -> None:
+        """Retire rows `due` at step t; rows in `early` stopped (diverged) at the step given there."""
+        early = early or {}
         for i in due:
             m = self.members[i]
             rec = self.records[m.key]
             rec["retire_reason"] = self._reason(m, t)
-            rec["final_step"] = rec["retired_at"] = t
-            self.retired[m.key] = self._member_row(i)
+            rec["final_step"] = rec["retired_at"] = early.get(i, t)
+            self.retired[m.key] = self._member_row(i, back=t - early.get(i, t))
         keep = [i for i in range(len(self.members)) if i not in set(due)]
         self._select(keep)
 
@@ -515,10 +558,11 @@ class Cohort:
         self.members = [self.members[i] for i in keep]
         self._rebuild()
 
-    def _member_row(self, i: int) -> MemberState:
+    def _member_row(self, i: int, back: int = 0) -> MemberState:
+        """Member i's state; back > 0: it stopped that many steps before the cohort's step."""
         m = self.members[i]
-        return MemberState(member=copy.deepcopy(m), cohort=copy.deepcopy(self.cfg), step=self.step,
-                           adam_step=self.adam_step,
+        return MemberState(member=copy.deepcopy(m), cohort=copy.deepcopy(self.cfg), step=self.step - back,
+                           adam_step=self.adam_step - back,
                            params={k: v[i].clone() for k, v in self.P.items()},
                            exp_avg={k: v[i].clone() for k, v in self.m1.items()},
                            exp_avg_sq={k: v[i].clone() for k, v in self.m2.items()},
