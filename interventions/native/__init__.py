@@ -4,7 +4,7 @@ Built on first use with torch's C++ extension loader (gcc/g++ and ninja, ~1 min 
 build under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR). Where they cannot be built or do not
 apply, the engine uses its ATen path (models.MLP), which computes the same thing op by op.
 
-Why our own code here: per member-step on a CPU the ATen path spends ~40% outside the three output
+Why our own code here: per member-step on a CPU the ATen path spends ~60% outside the three output
 GEMMs, in memory passes (gather, GeLU, GeLU backward, scatter), in Python dispatch, and waiting for the
 GIL between ops. The kernels fuse those passes and release the GIL for the whole step, so members on
 different worker threads run truly in parallel (benchmarks/engine.py --kernels aten|native).
