@@ -7,7 +7,8 @@
 //     ATen's AVX2 polynomial (Abramowitz-Stegun 7.1.26), its exp(-x^2/2) shared with GeLU's derivative;
 //   * softmax cross-entropy (or MSE) and d loss / d logits in one pass over each row of logits;
 //   * the backward scatters dh * GeLU' into the table rows in example order;
-//   * the three (N x H x p) products are MKL GEMMs with p padded to 16 columns, as in the ATen path;
+//   * the three (N x H x p) products are MKL GEMMs with p padded to 16 columns, as in the ATen path, over
+//     blocks of 512 pairs whose activations stay in the core's L2 cache;
 //   * AdamW is torch's fused kernel, the same call as optim.py.
 // Rounding differs from the ATen path in the last bits (erf, exp, summation order): each path is
 // deterministic, the two are not bit-identical; tests/test_engine_native.py bounds the difference.
@@ -104,8 +105,9 @@ void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p,
   b2p.narrow(0, 0, p).copy_(P[4]);
 }
 
-// z (N, P) = h W2p without the bias; the first p columns real. Replaces z by d loss / d logits (mean over
-// the N pairs), returns the summed per-pair loss, adds the column sums of d loss / d logits to db2 (P,).
+// z (N, P) = h W2p of a block of N pairs, without the bias; the first p columns real. Replaces z by
+// d loss / d logits (the loss being the mean over all Ntot training pairs), returns the block's summed
+// per-pair loss, adds the column sums of d loss / d logits to db2 (P,).
 double loss_rows(float* z, const float* bias, const int64_t* y, int64_t N, int64_t p, int64_t P, float inv_tau,
                  bool ce, float* db2, int64_t Ntot) {
   const float g_scale = ce ? inv_tau / float(Ntot) : inv_tau * float(2.0 / Ntot);
@@ -275,7 +277,7 @@ std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels
       const float* ra = t + (a0 + i / p) * H;  // Ta[a]
       const float* rb = t + (p + i % p) * H;   // Tb[b]
       for (int64_t j = 0; j < H; j += Vec::size()) {
-        Vec hv, gv;  // gv unused: the compiler drops its arithmetic
+        Vec hv, gv;  // gv unused here
         gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
         hv.store(ph + i * H + j);
       }
