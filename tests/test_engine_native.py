@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from interventions import models, native
+from interventions import levers, models, native
 from interventions.cohort import Cohort, CohortConfig, MemberConfig
 
 SMALL = dict(p=13, d_embed=16, d_hidden=24, lr=1e-2, log_every=25)  # d_hidden: 3 vectors of 8 (no 16-block)
@@ -132,3 +132,73 @@ def test_divergence_is_detected_by_the_kernels(kernels):
     res = {r["key"]: r for r in c.results()}
     assert res["m1"]["diverged"] and res["m1"]["retired_at"] == 4
     assert not res["m0"]["diverged"] and "m0" in c.active
+
+
+# ---- softmax collapse: where the last bits decide which gradients vanish --------------------------------
+TINY = torch.finfo(torch.float32).tiny
+
+
+def collapse_logits(n, p, pad, margins, seed=0):
+    """Logits (n, pad) whose correct class leads the others by `margins` nats (post-tau) and labels."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, pad, generator=g) * 3
+    y = torch.randint(0, p, (n,), generator=g)
+    z[torch.arange(n), y] = z[:, :p].max(1).values + margins
+    z[:, p:] = 0.0
+    return z, y
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.15])
+def test_loss_gradients_and_collapsed_rows_equal_the_aten_path_at_margins_of_80_to_110_nats(kernels, tau):
+    """Bit for bit: the same d loss / d logits, so the same rows with p_y == 1 (zero gradient on y) and the
+    same entries that underflow to 0 or to a subnormal (the old kernels flushed every subnormal to 0)."""
+    n, p, pad = 1392, 59, 64
+    margins = 80 + 30 * torch.rand(n, generator=torch.Generator().manual_seed(1))
+    z, y = collapse_logits(n, p, pad, margins * tau)
+    bias = torch.zeros(pad)
+    bias[p:] = float("-inf")
+    inv = torch.tensor([1.0 / tau])
+    value, dz = levers.loss_and_dlogits((z + bias).unsqueeze(0), y.view(1, -1, 1), inv, "ce")
+    loss, dz_native, db2 = kernels.loss_dlogits(z.clone(), bias, y, float(inv), True, p, n)
+    dz = dz[0]
+    assert torch.equal(dz_native, dz)
+    assert torch.allclose(db2, dz.sum(0), rtol=1e-6, atol=1e-30)
+    subnormal = (dz != 0) & (dz.abs() < TINY)
+    assert int(subnormal.sum()) > 1000 and int((dz == 0).sum()) > 1000  # the regime is exercised
+    assert bool((dz[torch.arange(n), y] == 0).all())  # every row collapsed: p_y == 1 exactly
+    assert loss == pytest.approx(float(value) * n, abs=1e-30)
+
+
+def test_softmax_collapse_counts_equal_the_aten_path_across_the_collapse_boundary(kernels):
+    """sc (p_y == 1 exactly) and saturation of the evaluation, on rows with margins from 5 to 110 nats."""
+    n, p = 2000, 59
+    margins = torch.linspace(5, 110, n)
+    s, y = collapse_logits(n, p, p, margins, seed=2)
+    kinds = torch.ones(n, dtype=torch.uint8)
+    got = kernels.eval_logits(s.contiguous(), y, kinds, True)
+    collapsed, saturated = levers.softmax_collapse(s, y.view(-1, 1))
+    assert 0 < int(collapsed.sum()) < n
+    assert (got[5], got[6]) == (int(collapsed.sum()), int(saturated.sum()))
+    assert got[0] == int((s.argmax(-1) == y).sum())
+
+
+def test_a_cohort_in_softmax_collapse_follows_the_aten_path(kernels):
+    """Members clamped from step 400 at norms from 'groks' (36) to 'collapses without grokking' (44, 48):
+    both paths give the same sc_frac curves (within one training pair at every log step; the old kernels,
+    which flushed subnormals and summed the softmax their own way, were 4 pairs off) and the same t_grok."""
+    cfg = dict(GROKS, log_every=100)
+    ms = [MemberConfig(key=f"w{w}/{s}", seed=s, clamp="absolute", target=float(w), t_int=400, budget=2000)
+          for w in (36, 44, 48) for s in (0, 1)]
+    runs = {}
+    for k in ("aten", "native"):
+        c = Cohort(CohortConfig(**cfg, kernels=k), ms)
+        c.run()
+        runs[k] = {r["key"]: (r["t_grok"], c.curves(r["key"])["softmax/collapse"]) for r in c.results()}
+    assert max(v for _, sc in runs["aten"].values() for _, v in sc) > 0.3  # deep in collapse
+    assert any(t is not None for t, _ in runs["aten"].values())
+    for key, (t_a, sc_a) in runs["aten"].items():
+        t_n, sc_n = runs["native"][key]
+        assert t_n == t_a, key
+        assert [s for s, _ in sc_n] == [s for s, _ in sc_a]
+        n_train = round(GROKS["train_fraction"] * GROKS["p"] ** 2)
+        assert max(abs(a - b) for (_, a), (_, b) in zip(sc_a, sc_n)) * n_train <= 1.0 + 1e-9, key

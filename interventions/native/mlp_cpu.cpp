@@ -14,6 +14,7 @@
 // deterministic, the two are not bit-identical; tests/test_engine_native.py bounds the difference.
 #include <torch/extension.h>
 #include <ATen/cpu/vec/vec.h>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -33,9 +34,11 @@ float hsum(const Vec& v) {  // lanes summed in order
 }
 
 // exp(x), inline (Cephes expf: range reduction by ln 2, degree-6 polynomial; <= 2 ulp over the normal
-// range, 0 below ln(FLT_MIN)). A call into Sleef per vector cost more than this arithmetic.
+// range). Below ln(FLT_MIN) it returns the subnormal result, as ATen's exp does (2^n applied in two
+// normal factors, so the result rounds once, in the last multiply), and 0 below about -103.97. A call
+// into Sleef per vector cost more than this arithmetic.
 inline Vec exp_inline(const Vec& x_in) {
-  const Vec hi(88.3762626647949f), lo(-87.3365447504f);
+  const Vec hi(88.3762626647949f), lo(-104.0f);  // exp(-104) rounds to 0
   const Vec x0 = at::vec::minimum(at::vec::maximum(x_in, lo), hi);
   const Vec fx = (at::vec::fmadd(x0, Vec(1.44269504088896341f), Vec(0.5f))).floor();
   Vec x = at::vec::fmadd(fx, Vec(-0.693359375f), x0);
@@ -47,8 +50,11 @@ inline Vec exp_inline(const Vec& x_in) {
   y = at::vec::fmadd(y, x, Vec(1.6666665459e-1f));
   y = at::vec::fmadd(y, x, Vec(5.0000001201e-1f));
   y = at::vec::fmadd(y, x * x, x + Vec(1.0f));
-  const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return Vec::blendv(y * Vec(_mm256_castsi256_ps(n)), Vec(0.0f), x_in < lo);
+  const Vec f1 = (fx * Vec(0.5f)).floor(), f2 = fx - f1;  // 2^fx = 2^f1 2^f2, each in [-75, 64]
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256i n1 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(f1), bias), 23);
+  const __m256i n2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(f2), bias), 23);
+  return y * Vec(_mm256_castsi256_ps(n1)) * Vec(_mm256_castsi256_ps(n2));
 }
 
 // gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x), exact-erf GeLU; erf(u), u = x / sqrt(2), as in
@@ -106,50 +112,43 @@ void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p,
 }
 
 // z (N, P) = h W2p of a block of N pairs, without the bias; the first p columns real. Replaces z by
-// d loss / d logits (the loss being the mean over all Ntot training pairs), returns the block's summed
-// per-pair loss, adds the column sums of d loss / d logits to db2 (P,).
-double loss_rows(float* z, const float* bias, const int64_t* y, int64_t N, int64_t p, int64_t P, float inv_tau,
-                 bool ce, float* db2, int64_t Ntot) {
+// d loss / d logits (the loss being the mean over all Ntot training pairs), adds the column sums of
+// d loss / d logits to db2 (P,) and returns the block's summed per-pair loss value, which only serves
+// the divergence check (non-finite exactly when the logits are). The operations, and their order, are
+// levers.loss_and_dlogits's (the ATen path), so both round alike.
+double loss_rows(at::Tensor& zb, const float* bias, const int64_t* y, int64_t p, float inv_tau, bool ce,
+                 float* db2, int64_t Ntot) {
+  const int64_t N = zb.size(0), P = zb.size(1);
+  float* z = zb.data_ptr<float>();
   const float g_scale = ce ? inv_tau / float(Ntot) : inv_tau * float(2.0 / Ntot);
-  const Vec vinv(inv_tau);
+  const Vec vinv(inv_tau), vg(g_scale);
   double loss = 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    float* s = z + i * P;
-    const int64_t yi = y[i];
-    if (ce) {
-      Vec vmax(-std::numeric_limits<float>::infinity());
-      for (int64_t j = 0; j < P; j += Vec::size()) {
-        const Vec v = (Vec::loadu(s + j) + Vec::loadu(bias + j)) * vinv;  // logits / tau; pads -inf
-        v.store(s + j);
-        vmax = at::vec::maximum(vmax, v);
-      }
-      float lanes[Vec::size()];
-      vmax.store(lanes);
-      float m = lanes[0];
-      for (int k = 1; k < Vec::size(); ++k) m = std::max(m, lanes[k]);
-      const float zy = s[yi] - m;
-      Vec vsum(0.0f);
-      for (int64_t j = 0; j < P; j += Vec::size()) {
-        const Vec e = exp_inline(Vec::loadu(s + j) - Vec(m));
-        e.store(s + j);
-        vsum = vsum + e;
-      }
-      const float sum = hsum(vsum);
-      // -log softmax_y = log(sum) - (z_y / tau - max): finite for any finite logits; NaN/inf logits make
-      // it non-finite, which the cohort reads as divergence
-      loss += double(std::log(sum)) - double(zy);
-      const Vec vk(g_scale / sum);
-      for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(s + j) * vk).store(s + j);
-      s[yi] -= g_scale;
-    } else {  // pads: zero logits and bias, zero target: no loss, zero gradient
+  if (ce) {
+    for (int64_t i = 0; i < N * P; i += Vec::size())  // logits / tau; pads -inf
+      ((Vec::loadu(z + i) + Vec::loadu(bias + i % P)) * vinv).store(z + i);
+    // ATen's own softmax kernel, the ATen path's call: in softmax collapse, which rows have p_y == 1
+    // exactly and which entries underflow (to 0 or to a subnormal) decide which gradients vanish, and an
+    // exp or a sum of our own decided them differently (issue: the raised arm grokked 11% early)
+    at::_softmax_out(zb, zb, 1, false);
+    for (int64_t i = 0; i < N; ++i) {
+      float* s = z + i * P;
+      const int64_t yi = y[i];
+      loss -= std::log(double(std::max(s[yi], std::numeric_limits<float>::min())));
+      s[yi] = s[yi] + -1.0f;  // softmax - onehot
+      for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(s + j) * vg).store(s + j);
+    }
+  } else {  // pads: zero logits and bias, zero target: no loss, zero gradient
+    for (int64_t i = 0; i < N; ++i) {
+      float* s = z + i * P;
       for (int64_t j = 0; j < p; ++j) {
-        const float r = (s[j] + bias[j]) * inv_tau - (j == yi ? 1.0f : 0.0f);
+        const float r = (s[j] + bias[j]) * inv_tau - (j == y[i] ? 1.0f : 0.0f);
         loss += double(r) * double(r);
         s[j] = r * g_scale;
       }
     }
-    for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(db2 + j) + Vec::loadu(s + j)).store(db2 + j);
   }
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(db2 + j) + Vec::loadu(z + i * P + j)).store(db2 + j);
   return loss;
 }
 
@@ -214,8 +213,8 @@ double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vec
     }
     at::Tensor hb = h.narrow(0, 0, nb), zb = z.narrow(0, 0, nb);
     at::mm_out(zb, hb, W2p);
-    loss_sum += loss_rows(zb.data_ptr<float>(), b2p.data_ptr<float>(), y.data_ptr<int64_t>() + n0, nb, p, Pp,
-                          float(inv_tau), ce, db2.data_ptr<float>(), N);
+    loss_sum += loss_rows(zb, b2p.data_ptr<float>(), y.data_ptr<int64_t>() + n0, p, float(inv_tau), ce,
+                          db2.data_ptr<float>(), N);
     if (n0 == 0) at::mm_out(dW2, hb.t(), zb); else dW2.addmm_(hb.t(), zb);
     at::mm_out(hb, zb, W2p.t());
     for (int64_t n = 0; n < nb; ++n) {
@@ -248,6 +247,45 @@ double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vec
   return loss;
 }
 
+// Sums over n rows of post-tau logits s (n, p) and their softmax prob (read only with `full`), labels y,
+// kinds (0 undefined pair, 1 training, 2 test) into out: [train hits, test hits, |s|, train loss, test
+// loss, sc (p_y == 1 exactly), saturated (max p > 0.999)]; Cohort._evaluate's definitions.
+void eval_rows(const float* ps, const float* pp, int64_t n, int64_t p, const int64_t* lab, const uint8_t* kinds,
+               bool ce, bool full, std::vector<double>& out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t kind = kinds[i];
+    if (kind == 0) continue;
+    const int64_t y = lab[i];
+    const float* s = ps + i * p;
+    float m = -std::numeric_limits<float>::infinity(), sq = 0.0f;
+    int64_t arg = 0;
+    for (int64_t j = 0; j < p; ++j) {
+      sq += s[j] * s[j];
+      if (!(s[j] <= m) && !(m != m)) { m = s[j]; arg = j; }  // torch.argmax: the first max; NaN wins
+    }
+    out[kind == 1 ? 0 : 1] += arg == y;
+    out[2] += std::sqrt(sq);
+    if (!full) continue;
+    double per = 0.0;
+    if (ce) {
+      float sum = 0.0f;
+      for (int64_t j = 0; j < p; ++j) sum += std::exp(s[j] - m);
+      per = double(m) + std::log(double(sum)) - double(s[y]);
+    } else {
+      for (int64_t j = 0; j < p; ++j) {
+        const double e = double(s[j]) - (j == y ? 1.0 : 0.0);
+        per += e * e;
+      }
+    }
+    out[kind == 1 ? 3 : 4] += per;
+    if (kind == 1) {
+      const float* pr = pp + i * p;
+      out[5] += pr[y] == 1.0f;
+      out[6] += *std::max_element(pr, pr + p) > 0.999f;
+    }
+  }
+}
+
 // One member over all p^2 pairs, Cohort._evaluate's definitions. labels (p^2,) int64; split (p^2,) uint8:
 // 0 undefined pair, 1 training, 2 test. Returns the sums [train hits, test hits, |logits / tau| over the
 // defined pairs, train loss, test loss, sc (p_y == 1 exactly), saturated (max p > 0.999)], the last four
@@ -259,9 +297,10 @@ std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels
   check(P[0].scalar_type() == at::kFloat && H % Vec::size() == 0, "float32, d_hidden a multiple of 8");
   check(labels.is_contiguous() && split.is_contiguous() && split.scalar_type() == at::kByte, "labels/split");
   const int64_t R = std::max<int64_t>(1, 1024 / p);  // a-values per block of ~1024 pairs
-  Carver c(ws, {2 * p * H, H * Pp, Pp, R * p * H, R * p * Pp});
+  Carver c(ws, {2 * p * H, H * Pp, Pp, R * p * H, R * p * Pp, R * p * p, R * p * p});
   at::Tensor T = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
   at::Tensor h = c.take({R * p, H}), z = c.take({R * p, Pp});
+  at::Tensor S = c.take({R * p, p}), prob = c.take({R * p, p});  // logits / tau; their softmax
   tables(P, T);
   readout(P, W2p, b2p, 0.0f);
   const float* t = T.data_ptr<float>();
@@ -269,7 +308,6 @@ std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels
   const uint8_t* sp = split.data_ptr<uint8_t>();
   const float inv_tau = float(inv_tau_d);
   std::vector<double> out(7, 0.0);
-  std::vector<float> s(p);
   for (int64_t a0 = 0; a0 < p; a0 += R) {
     const int64_t n = std::min(R, p - a0) * p;
     float* ph = h.data_ptr<float>();
@@ -282,42 +320,38 @@ std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels
         hv.store(ph + i * H + j);
       }
     }
-    at::Tensor zb = z.narrow(0, 0, n);
+    at::Tensor zb = z.narrow(0, 0, n), Sb = S.narrow(0, 0, n), pb = prob.narrow(0, 0, n);
     at::addmm_out(zb, b2p, h.narrow(0, 0, n), W2p);
     const float* pz = zb.data_ptr<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t q = a0 * p + i;
-      const uint8_t kind = sp[q];
-      if (kind == 0) continue;
-      const int64_t y = lab[q];
-      float m = -std::numeric_limits<float>::infinity(), sq = 0.0f;
-      int64_t arg = 0;
-      for (int64_t j = 0; j < p; ++j) {
-        s[j] = pz[i * Pp + j] * inv_tau;
-        sq += s[j] * s[j];
-        if (!(s[j] <= m) && !(m != m)) { m = s[j]; arg = j; }  // torch.argmax: the first max; NaN wins
-      }
-      out[kind == 1 ? 0 : 1] += arg == y;
-      out[2] += std::sqrt(sq);
-      if (!full) continue;
-      float sum = 0.0f;
-      for (int64_t j = 0; j < p; ++j) sum += std::exp(s[j] - m);
-      double per = 0.0;
-      if (ce) {
-        per = double(m) + std::log(double(sum)) - double(s[y]);
-      } else {
-        for (int64_t j = 0; j < p; ++j) {
-          const double e = double(s[j]) - (j == y ? 1.0 : 0.0);
-          per += e * e;
-        }
-      }
-      out[kind == 1 ? 3 : 4] += per;
-      if (kind == 1) {
-        out[5] += std::exp(s[y] - m) / sum == 1.0f;
-        out[6] += 1.0f / sum > 0.999f;
-      }
-    }
+    float* ps = Sb.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < p; ++j) ps[i * p + j] = pz[i * Pp + j] * inv_tau;
+    // sc_frac and saturation from ATen's softmax (the ATen path's torch.softmax): p_y == 1 exactly is
+    // a property of that arithmetic
+    if (full) at::_softmax_out(pb, Sb, 1, false);
+    eval_rows(ps, pb.data_ptr<float>(), n, p, lab + a0 * p, sp + a0 * p, ce, full, out);
   }
+  return out;
+}
+
+// Test hooks: the step's loss rows and the evaluation's row sums on given logits (tests/test_engine_native.py
+// compares them with the ATen path on constructed logits in the softmax-collapse regime).
+std::tuple<double, at::Tensor, at::Tensor> loss_dlogits(at::Tensor z, at::Tensor bias, at::Tensor y, double inv_tau,
+                                                         bool ce, int64_t p, int64_t Ntot) {
+  check(z.is_contiguous() && z.dim() == 2 && z.size(1) % Vec::size() == 0 && bias.numel() == z.size(1),
+        "loss_dlogits: z (N, P) contiguous float32, P a multiple of 8, bias (P,)");
+  at::Tensor db2 = at::zeros({z.size(1)}, z.options());
+  const double loss = loss_rows(z, bias.contiguous().data_ptr<float>(), y.contiguous().data_ptr<int64_t>(), p,
+                                float(inv_tau), ce, db2.data_ptr<float>(), Ntot);
+  return {loss, z, db2};
+}
+
+std::vector<double> eval_logits(at::Tensor s, at::Tensor y, at::Tensor kinds, bool ce) {
+  check(s.is_contiguous() && s.dim() == 2 && s.scalar_type() == at::kFloat, "eval_logits: s (n, p) float32");
+  at::Tensor prob = at::_softmax(s, 1, false);
+  std::vector<double> out(7, 0.0);
+  eval_rows(s.data_ptr<float>(), prob.data_ptr<float>(), s.size(0), s.size(1), y.contiguous().data_ptr<int64_t>(),
+            kinds.contiguous().data_ptr<uint8_t>(), ce, true, out);
   return out;
 }
 
@@ -326,4 +360,6 @@ std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("train_step", &train_step, py::call_guard<py::gil_scoped_release>());
   m.def("evaluate", &evaluate, py::call_guard<py::gil_scoped_release>());
+  m.def("loss_dlogits", &loss_dlogits);
+  m.def("eval_logits", &eval_logits);
 }
