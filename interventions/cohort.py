@@ -109,6 +109,7 @@ class MemberConfig:
     t_int: int = 0  # first step (after the optimizer step) at which the clamp acts
     budget: int = 20000  # max step
     margin: int = 0  # steps to keep training after t_grok before retiring
+    retire_group: str | None = None  # `retire: arm`: retire together, once every member of it has grokked
     alloc_base: dict[str, float] | None = None  # clamp=alloc: base per-matrix norms (free control's)
 
     def __post_init__(self):
@@ -160,7 +161,11 @@ def _new_record(m: MemberConfig, start: int) -> dict:
     return {"key": m.key, "seed": m.seed, "t_mem": None, "t_grok": None, "logit_scale_at_grok": None,
             "weight_norm_at_grok": None, "diverged": False, "N0": None, "target": None, "final_step": None,
             "retired_at": None, "retire_reason": None, "start_step": start, "fork_from": None,
-            "fork_step": None, "evals": [], "curves": {}}
+            "fork_step": None, "retire_group": m.retire_group, "evals": [], "curves": {}}
+
+
+def _last(series: list | None) -> float | None:
+    return series[-1][1] if series else None
 
 
 INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok")
@@ -237,6 +242,7 @@ class Cohort:
         self.ws = models.Workspace()
         self._pool: ThreadPoolExecutor | None = None
         self._tls = threading.local()
+        self._retire_groups: dict[str, list[str]] = {}  # retire_group -> member keys (records never shrink)
 
     def _fresh(self, m: MemberConfig):
         gen = torch.Generator().manual_seed(m.seed)
@@ -309,9 +315,9 @@ class Cohort:
             ends.append((t // checkpoint_every + 1) * checkpoint_every)
         for m in self.members:
             ends.append(m.budget)
-            t_grok = self.records[m.key]["t_grok"]
-            if t_grok is not None:
-                ends.append(t_grok + m.margin)
+            done = self._grok_end(m)
+            if done is not None and done > t:
+                ends.append(done)
         later = (self.clamp.kind > 0) & (self.clamp.first > t + 1)
         if bool(later.any()):
             ends.append(int(self.clamp.first[later].min()) - 1)  # its first clamped step starts a chunk
@@ -423,9 +429,9 @@ class Cohort:
                     per = (s - torch.nn.functional.one_hot(y.squeeze(-1), p).to(s.dtype)).pow(2).sum(-1)
                 sums["train_loss"][sl] += torch.where(tm, per, 0.0).sum(1)
                 sums["test_loss"][sl] += torch.where(vm, per, 0.0).sum(1)
-                prob = torch.softmax(s, -1)
-                sums["sc"][sl] += ((prob.gather(-1, y).squeeze(-1) == 1.0) & tm).sum(1)
-                sums["sat"][sl] += ((prob.amax(-1) > 0.999) & tm).sum(1)
+                collapsed, saturated = levers.softmax_collapse(s, y)
+                sums["sc"][sl] += (collapsed & tm).sum(1)
+                sums["sat"][sl] += (saturated & tm).sum(1)
 
         self._parallel(work if self._native is None else work_native, self.batches)
         n_train = self.train_idx.shape[1]
@@ -438,6 +444,7 @@ class Cohort:
         if full:
             out.update({"train/loss": sums["train_loss"] / n_train, "test/loss": sums["test_loss"] / n_test,
                         "softmax/collapse": sums["sc"] / n_train, "softmax/saturated": sums["sat"] / n_train})
+            out["repr/fourier_top5"] = models.fourier_top5(self.P["E"], p)
         return out
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -512,11 +519,27 @@ class Cohort:
                 rec["logit_scale_at_grok"] = float(ev["logit/scale"][i])
                 rec["weight_norm_at_grok"] = float(ev["norm/total"][i])
 
+    def _grok_end(self, m: MemberConfig) -> int | None:
+        """Step at which member m retires as grokked: its t_grok + margin; with a retire_group (retire:
+        arm), the group's last t_grok + margin once every member of it has grokked or diverged."""
+        if m.retire_group is None:
+            t_grok = self.records[m.key]["t_grok"]
+            return None if t_grok is None else t_grok + m.margin
+        keys = self._retire_groups.get(m.retire_group)
+        if keys is None:
+            keys = self._retire_groups[m.retire_group] = [
+                k for k, r in self.records.items() if r.get("retire_group") == m.retire_group or k == m.key]
+        recs = [self.records[k] for k in keys]
+        if any(r["t_grok"] is None and not r["diverged"] for r in recs):
+            return None
+        return max((r["t_grok"] for r in recs if r["t_grok"] is not None), default=0) + m.margin
+
     def _reason(self, m: MemberConfig, t: int) -> str | None:
         rec = self.records[m.key]
         if rec["diverged"]:
             return "diverged"
-        if rec["t_grok"] is not None and t >= rec["t_grok"] + m.margin:
+        end = self._grok_end(m)
+        if end is not None and t >= end:
             return "grokked"
         if t >= m.budget:
             return "budget"
@@ -595,7 +618,8 @@ class Cohort:
                         "delay": tg - tm if tm is not None and tg is not None else None,
                         "grokked": tg is not None, "diverged": rec["diverged"],
                         "logit_scale_at_grok": rec["logit_scale_at_grok"],
-                        "weight_norm_at_grok": rec["weight_norm_at_grok"], "N0": rec["N0"],
+                        "weight_norm_at_grok": rec["weight_norm_at_grok"],
+                        "weight_norm_final": _last(rec["curves"].get("norm/total")), "N0": rec["N0"],
                         "target": rec["target"], "final_step": rec["final_step"] or self.step,
                         "retired_at": rec["retired_at"], "retire_reason": rec["retire_reason"],
                         "start_step": rec["start_step"], "fork_from": rec["fork_from"],

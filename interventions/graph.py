@@ -5,12 +5,12 @@ duplicate arms, cycles, fork steps beyond a budget."""
 from __future__ import annotations
 
 import itertools
-import math
-import statistics
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
 import numpy as np
+
+from tracking import conventions
 
 from .spec import Arm, LogitMatched, NormAtGrok, SpecError, Study
 
@@ -32,6 +32,8 @@ class ArmNode:
     precision: str
     budget: int
     margin: int
+    retire: str = "arm"           # arm | member (spec.Defaults.retire)
+    role: str = ""                # design_role; "" when the study file gives none
     trunk: bool = False
     parent: str | None = None
     fork_at: int | None = None
@@ -140,13 +142,14 @@ class Graph:
                  f"model {d.model.kind}; loss {d.loss}; {d.precision}; lr {d.optimizer.lr:g}, "
                  f"weight_decay {d.optimizer.weight_decay:g}; eval every {d.eval_every}, "
                  f"log every {d.log_every}",
-                 f"  {len(self.arms)} arms, {n_members} members, seeds {d.seed_list()}",
-                 "  run order (arm | members | budget | levers; edges):"]
+                 f"  {len(self.arms)} arms, {n_members} members, seeds {d.seed_list()}; retire: {d.retire} "
+                 f"({'every seed of an arm trains until all have grokked' if d.retire == 'arm' else 'each seed at its own t_grok'})",
+                 "  run order (arm | design_role | members | budget | levers; edges):"]
         for name in self.order:
             a = self.arms[name]
             deps = f"; derives from {', '.join(a.deps)}" if a.deps else ""
             budget = f"to fork (<= {a.budget})" if a.trunk else f"{a.budget}"
-            lines.append(f"    {name:<28} {len(a.seeds):>3} members  budget {budget:<14} "
+            lines.append(f"    {name:<28} {a.role or '-':<14} {len(a.seeds):>3} members  budget {budget:<14} "
                          f"{self.describe(name)}{deps}")
         waves = self.waves()
         lines.append("  cohorts (each packs arms with the same shapes and start step):")
@@ -269,6 +272,7 @@ def _node(study: Study, arm: Arm, over: dict, name: str, path: str, p: int, seed
         target=pick("target"), w_c=pick("w_c"),
         loss=arm.loss or d.loss, precision=arm.precision or d.precision,
         budget=arm.budget or d.budget, margin=arm.margin if arm.margin is not None else d.margin,
+        retire=arm.retire or d.retire, role="tau_sweep" if set(over) == {"tau"} else (arm.role or ""),
         trunk=arm.trunk, note=arm.description)
     if arm.from_ is not None:
         node.fork_at = arm.from_.at if arm.from_.at is not None else d.fork.at
@@ -311,45 +315,40 @@ def _check_fork(study: Study, arms: dict[str, ArmNode], node: ArmNode) -> None:
 
 
 # ---------------------------------------------------------------- derived levers
-def _median(values) -> float | None:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return statistics.median(vals) if vals else None
-
-
-def median_of(results: list[dict], key: str, need_majority: bool = True) -> float | None:
-    """Median over grokked members; None when fewer than half grokked (the paper's majority rule)."""
-    grok = [r for r in results if r.get("grokked")]
-    if need_majority and 2 * len(grok) < len(results):
-        return None
-    return _median(r.get(key) for r in grok)
-
-
-def derive(graph: Graph, name: str, results: dict[str, list[dict]]) -> dict:
-    """Resolve the derived levers of arm `name` from finished arms' member results.
-    Returns {lever: value, 'tau_source': str} for what was derived; raises RuntimeError if impossible."""
+def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
+    """Resolve the derived levers of arm `name` from finished arms (`done`: arm -> its state entry, with
+    `results` and `summary`). Returns {lever: value, ...} with how each was derived; raises RuntimeError
+    if impossible. Statistics: tracking.conventions (the analyses score the arms with the same ones)."""
     a, out = graph.arms[name], {}
     if isinstance(a.tau, LogitMatched):
-        out["tau"], out["tau_source"] = logit_matched_tau(graph, a.tau, a, results)
+        out["tau"], out["tau_source"] = logit_matched_tau(graph, a, done)
     if isinstance(a.w_c, NormAtGrok):
         ref = a.derive_from["w_c"][0]
-        w = median_of(results[ref], "weight_norm_at_grok")
+        results = done[ref]["results"]
+        w = conventions.w_c(results)
         if w is None:
             raise RuntimeError(f"arm {name}: w_c needs {ref} to grok in a majority of seeds; it did not")
         out["w_c"] = float(w)
+        out["w_c_at_grok"] = conventions.median(r.get("weight_norm_at_grok") for r in results
+                                                if conventions.grokked(r))
     return out
 
 
-def logit_matched_tau(graph: Graph, spec: LogitMatched, node: ArmNode,
-                      results: dict[str, list[dict]]) -> tuple[float, str]:
-    """Interpolate tau at the target's median logit_scale at grok over the sweep's (tau, median L) points."""
+def _cell_L(summary: dict) -> float | None:
+    """The cell's "L at grok" (tracking.conventions.l_at_grok), None without a grokking majority."""
+    return summary.get("logit_scale_at_grok") if summary.get("majority") else None
+
+
+def logit_matched_tau(graph: Graph, node: ArmNode, done: dict[str, dict]) -> tuple[float, str]:
+    """Interpolate tau at the target's "L at grok" over the sweep arms' (L at grok, tau) points."""
     target, sweep = node.derive_from["tau_target"][0], node.derive_from["tau"]
-    L_target = median_of(results[target], "logit_scale_at_grok")
+    L_target = _cell_L(done[target]["summary"])
     if L_target is None:
         raise RuntimeError(f"arm {node.name}: {target} did not grok in a majority of seeds; "
                            "no logit_scale to match")
     pts = []
     for s in sweep:
-        L = median_of(results[s], "logit_scale_at_grok")
+        L = _cell_L(done[s]["summary"])
         if L is not None:
             pts.append((L, float(graph.arms[s].tau)))
     if len(pts) < 2:

@@ -59,6 +59,13 @@ def loss_and_dlogits(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, ki
     return value, r.mul_(inv * (2.0 / n))
 
 
+def softmax_collapse(s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(collapsed, saturated) per row of post-tau logits s (..., p) with labels y (..., 1): the correct-class
+    probability is exactly 1 in working precision (sc_frac counts these), the largest exceeds 0.999."""
+    prob = torch.softmax(s, -1)
+    return prob.gather(-1, y).squeeze(-1) == 1.0, prob.amax(-1) > 0.999
+
+
 def alloc_targets(base: list[float], total: float, gamma: float, i_embed: int, i_read: int) -> list[float]:
     """Per-layer targets (see module doc); base: per-matrix norms; raises if gamma empties a layer."""
     scale = total / math.sqrt(sum(b * b for b in base))

@@ -47,6 +47,15 @@ def init_member(specs: list[ParamSpec], gen: torch.Generator, dtype: torch.dtype
     return out
 
 
+def fourier_top5(E: torch.Tensor, p: int) -> torch.Tensor:
+    """PAPER.md `structure` per member: power of the embedding's DFT along the p token rows (E: (M, >= p, d);
+    the transformer's "=" row left out), summed over the embedding dimension, constant term dropped; the
+    share of the 5 strongest of the distinct frequencies 1..p // 2 (a random init gives ~0.19 at p = 59,
+    as the release's step-1 value)."""
+    power = torch.fft.rfft(E[:, :p].double(), dim=1).abs().pow(2).sum(-1)[:, 1:]  # (M, p // 2)
+    return power.topk(min(5, power.shape[1]), dim=1).values.sum(1) / power.sum(1)
+
+
 class Workspace:
     """Reusable activation buffers: fresh multi-MB tensors every step cost page faults (the allocator
     hands large blocks back to the OS), a large share of a CPU step. One per worker thread."""

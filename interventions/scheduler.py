@@ -34,7 +34,7 @@ from tqdm import tqdm
 from . import native, snapshot
 from .cohort import Cohort, CohortConfig, MemberConfig, MemberState
 from .graph import ArmNode, Graph, derive
-from .summary import arm_table
+from .summary import arm_summary, arm_table
 from .tracker import NullRecorder, Tracker, TrackerProcess
 
 
@@ -215,7 +215,8 @@ class Scheduler:
             "gamma": a.gamma, "train_fraction": d.task.train_fraction, "lr": d.optimizer.lr,
             "weight_decay": d.optimizer.weight_decay, "t_int": self._t_int(a, fork_step), "w_c": w_c,
             "budget": a.budget, "eval_every": d.eval_every, "fork_from": a.parent, "fork_step": fork_step,
-            "tau_source": derived.get("tau_source", a.tau_source), "design": self.study.design}
+            "tau_source": derived.get("tau_source", a.tau_source), "design": self.study.design,
+            "design_role": a.role or None, "retire": a.retire, "w_c_at_grok": derived.get("w_c_at_grok")}
 
     @staticmethod
     def _t_int(a: ArmNode, fork_step: int | None) -> int | None:
@@ -239,8 +240,10 @@ class Scheduler:
         margin = a.margin
         if a.trunk or self.g.children(name):   # a parent lives on to its children's fork points
             margin = max(margin, a.budget)
+        group = name if a.retire == "arm" and margin < a.budget else None
         return MemberConfig(key=f"{name}/{seed}", seed=seed, tau=prm["tau"], clamp=clamp, target=target,
-                            rho=a.rho, gamma=a.gamma, t_int=prm["t_int"] or 0, budget=a.budget, margin=margin)
+                            rho=a.rho, gamma=a.gamma, t_int=prm["t_int"] or 0, budget=a.budget, margin=margin,
+                            retire_group=group)
 
     def cohort_config(self, name: str) -> CohortConfig:
         a, d = self.g.arms[name], self.study.defaults
@@ -347,8 +350,9 @@ class Scheduler:
         for name in runnable:
             results = [r for r in cohort.results() if r["key"].rsplit("/", 1)[0] == name]
             curves = {r["key"]: cohort.curves(r["key"]) for r in results}
-            self.worker.put(self.tracker.finish_arm, name, results, curves, yaml_text)
-            self.state["arms"][name] = {"status": "done", "params": self.params(name),
+            summary = arm_summary(results, curves)
+            self.worker.put(self.tracker.finish_arm, name, results, curves, summary, yaml_text)
+            self.state["arms"][name] = {"status": "done", "params": self.params(name), "summary": summary,
                                         "results": json.loads(json.dumps(results, default=float))}
         self._persist()                                   # after the arm runs are finished ...
         self.worker.put(ckpt.unlink, True)                # ... and before the snapshot goes
@@ -359,7 +363,7 @@ class Scheduler:
         reason = f"upstream arm {bad[0]} was skipped" if bad else None
         if reason is None and self.g.arms[name].derived and name not in self.state["derived"]:
             try:
-                done = {k: v["results"] for k, v in self.state["arms"].items() if v["status"] == "done"}
+                done = {k: v for k, v in self.state["arms"].items() if v["status"] == "done"}
                 self.state["derived"][name] = derive(self.g, name, done)
                 self._persist(synced=False)
             except RuntimeError as e:

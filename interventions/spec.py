@@ -17,6 +17,11 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
+from tracking.conventions import DESIGN_ROLES
+
+Role = Literal[DESIGN_ROLES]  # type: ignore[valid-type]
+Retire = Literal["arm", "member"]
+
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_PRESET = "default"  # applied when the file has it and no --preset is given
 
@@ -139,6 +144,9 @@ class Defaults(Strict):
     seeds: int | list[int] = 12                # n -> seeds 0..n-1
     budget: int = Field(20000, gt=0)           # max step of every member (absolute, fork steps included)
     margin: int = Field(0, ge=0)               # steps trained after t_grok before a member retires
+    # arm: a member trains until every seed of its arm has grokked (+ margin) or the budget, so seed-mean
+    # curves are over all seeds (the paper's runner); member: each retires at its own t_grok (+ margin)
+    retire: Retire = "arm"
     eval_every: int = Field(25, gt=0)
     log_every: int = Field(200, gt=0)
     mem_threshold: float = Field(0.99, gt=0, le=1)
@@ -187,6 +195,8 @@ class Arm(Levers):
     precision: Literal["float32", "float64"] | None = None
     budget: int | None = Field(None, gt=0)
     margin: int | None = Field(None, ge=0)
+    retire: Retire | None = None
+    role: Role | None = None             # design_role; the arms of a sweep over tau alone: tau_sweep
     # levers left unset take defaults.levers; pydantic's fields_set tells which were given
     clamp: ClampKind | None = None
     rho: float | None = Field(None, gt=0)

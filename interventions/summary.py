@@ -1,46 +1,46 @@
-"""Arm summaries from member results: seed medians, seed-mean curves, the dense curves table, the final
-arm table. Plain Python (no torch, no MLflow)."""
+"""Arm summaries from member results: seed medians, "L at grok", seed-mean curves, the dense curves
+table, the final arm table. Plain Python (no torch, no MLflow); the statistics are tracking.conventions'."""
 from __future__ import annotations
 
 import io
-import math
-import statistics
+
+from tracking.conventions import grokked, l_at_grok, majority, median, seed_mean_curve, w_c
 
 SUMMARY_KEYS = ("t_mem", "t_grok", "delay", "logit_scale_at_grok", "weight_norm_at_grok", "N0", "target")
-
-
-def median(vals) -> float | None:
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return float(statistics.median(vals)) if vals else None
 
 
 def member_summary(r: dict) -> dict:
     """Summary metrics of one member run (MLflow contract); None = not reached (not logged)."""
     out = {k: r.get(k) for k in SUMMARY_KEYS}
-    out.update(grokked=int(bool(r["grokked"])), diverged=int(bool(r["diverged"])), final_step=r["final_step"])
+    out.update(grokked=int(bool(r["grokked"])), diverged=int(bool(r["diverged"])), final_step=r["final_step"],
+               weight_norm_final=r.get("weight_norm_final"))
     if r.get("fork_step") is not None and r.get("t_grok") is not None:
         out["delay_from_fork"] = r["t_grok"] - r["fork_step"]
     return out
 
 
-def arm_summary(results: list[dict]) -> dict:
-    """Seed medians; times and at-grok values over the seeds that reached them (as the importer does)."""
-    grok = [r for r in results if r["grokked"]]
+def arm_summary(results: list[dict], curves: dict[str, dict] | None = None) -> dict:
+    """Seed medians (times and at-grok values over the grokked seeds) and the cell's "L at grok" from its
+    seed-mean logit/scale curve (`curves`: member key -> curves); the per-seed median beside it."""
+    grok = [r for r in results if grokked(r)]
     out = {k: median(r.get(k) for r in (results if k in ("t_mem", "N0", "target") else grok))
            for k in SUMMARY_KEYS}
+    out["logit_scale_at_grok_seed_median"] = out["logit_scale_at_grok"]
+    mean_L = seed_mean_curve(c.get("logit/scale", []) for c in (curves or {}).values())
+    out["logit_scale_at_grok"] = l_at_grok(mean_L, out["t_grok"]) if curves is not None else None
+    out["weight_norm_final"] = median(r.get("weight_norm_final") for r in grok)
+    out["w_c"] = w_c(results)
     out["delay_from_fork"] = median(r["t_grok"] - r["fork_step"] for r in grok if r.get("fork_step") is not None)
-    out.update(n_seeds=len(results), n_grokked=len(grok), n_diverged=sum(bool(r["diverged"]) for r in results))
+    out.update(n_seeds=len(results), n_grokked=len(grok), n_diverged=sum(bool(r["diverged"]) for r in results),
+               majority=int(majority(len(grok), len(results))))
     return out
 
 
 def seed_mean_curves(member_curves) -> dict[str, list[tuple[int, float]]]:
-    """Mean over the members that have a value at each step (a retired member stops contributing)."""
-    acc: dict[str, dict[int, list[float]]] = {}
-    for curves in member_curves:
-        for key, pts in curves.items():
-            for step, v in pts:
-                acc.setdefault(key, {}).setdefault(step, []).append(v)
-    return {k: [(s, math.fsum(v) / len(v)) for s, v in sorted(d.items())] for k, d in acc.items()}
+    """Every curve key's seed-mean curve (tracking.conventions.seed_mean_curve)."""
+    member_curves = list(member_curves)
+    keys = dict.fromkeys(k for c in member_curves for k in c)
+    return {k: seed_mean_curve(c.get(k, []) for c in member_curves) for k in keys}
 
 
 def dense_curves_csv(arm: str, member_curves: dict[str, dict]) -> str:
@@ -71,7 +71,7 @@ def arm_table(order: list[str], arms: dict[str, dict]) -> str:
         if a["status"] == "skipped":
             rows.append((name, "skipped", "", "", "", "", "", a.get("reason", "")))
             continue
-        s = arm_summary(a["results"])
+        s = a.get("summary") or arm_summary(a["results"])
         f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
         rows.append((name, f"{s['n_grokked']}/{s['n_seeds']}", f(s["t_mem"]), f(s["t_grok"]), f(s["delay"]),
                      f(s["delay_from_fork"]), f(s["logit_scale_at_grok"], 2), f"{a['params']['tau']:.4g}"))

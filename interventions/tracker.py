@@ -18,7 +18,7 @@ import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .summary import arm_summary, dense_curves_csv, member_summary, seed_mean_curves
+from .summary import dense_curves_csv, member_summary, seed_mean_curves
 
 
 class NullRecorder:
@@ -48,9 +48,10 @@ class Tracker:
         self.member_runs: dict[str, str] = {}     # member key "arm/seed" -> run id
         self.open_runs: list[str] = []
 
-    def _tags(self, arm: str | None = None, seed: int | None = None) -> dict:
+    def _tags(self, arm: str | None = None, seed: int | None = None, design_role: str | None = None) -> dict:
         return {"study": self.study, **({"arm": arm} if arm is not None else {}),
-                **({"seed": seed} if seed is not None else {})}
+                **({"seed": seed} if seed is not None else {}),
+                **({"design_role": design_role} if design_role else {})}
 
     def open_study(self, description: str | None, params: dict, yaml_text: str, graph, forks: dict) -> None:
         self.study_run = self.rec.run("study", self.study, tags=self._tags(), description=description,
@@ -63,13 +64,14 @@ class Tracker:
                 self.rec.log_artifact(self.study_run, str(Path(tmp) / "graph.png"))
 
     def open_arm(self, name: str, params: dict, description: str, seeds: list[int]) -> None:
-        rid = self.rec.run("arm", name, parent_id=self.study_run, params=params, tags=self._tags(name),
+        role = params.get("design_role")
+        rid = self.rec.run("arm", name, parent_id=self.study_run, params=params, tags=self._tags(name, None, role),
                            description=description)
         self.arm_runs[name] = rid
         self.open_runs.append(rid)
         for seed in seeds:
             mid = self.rec.run("member", f"{name} seed={seed}", parent_id=rid, params={**params, "seed": seed},
-                               tags=self._tags(name, seed), description=f"{description}; seed {seed}")
+                               tags=self._tags(name, seed, role), description=f"{description}; seed {seed}")
             self.member_runs[f"{name}/{seed}"] = mid
             self.open_runs.append(mid)
 
@@ -77,14 +79,15 @@ class Tracker:
         for key, row in rows.items():
             self.rec.log_curves(self.member_runs[key], {k: [(step, v)] for k, v in row.items()})
 
-    def finish_arm(self, name: str, results: list[dict], curves: dict, yaml_text: str) -> None:
+    def finish_arm(self, name: str, results: list[dict], curves: dict, summary: dict, yaml_text: str) -> None:
+        """summary: summary.arm_summary(results, curves), the one the scheduler derives levers from."""
         for r in results:
             mid = self.member_runs[r["key"]]
             self.rec.log_summary(mid, member_summary(r))
             self.rec.finish(mid)
         rid = self.arm_runs[name]
         self.rec.log_curves(rid, seed_mean_curves(curves.values()))
-        self.rec.log_summary(rid, arm_summary(results))
+        self.rec.log_summary(rid, summary)
         self.rec.log_text(rid, yaml_text, "study.yaml")
         self.rec.log_text(rid, dense_curves_csv(name, curves), "curves.csv")
         self.rec.finish(rid)

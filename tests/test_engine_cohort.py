@@ -166,3 +166,24 @@ def test_snapshot_save_is_atomic(tmp_path, monkeypatch):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="snap.pt"):
         snapshot.load(path)
+
+
+def test_a_retire_group_trains_on_until_its_last_member_has_grokked():
+    """retire: arm. Members of one retire_group log at the same steps to the end, so a seed-mean curve
+    point is always a mean over the whole group; a member alone retires at its own t_grok; the arithmetic
+    of a member does not depend on when its cohort-mates retire."""
+    cfg = CohortConfig(**GROKS)
+    group = [MemberConfig(key=f"arm/{s}", seed=s, budget=3000, retire_group="arm") for s in (0, 1, 2)]
+    alone = [MemberConfig(key=f"solo/{s}", seed=s, budget=3000) for s in (0, 1, 2)]
+    c = Cohort(cfg, group + alone)
+    c.run()
+    res = {r["key"]: r for r in c.results()}
+    grok = [res[f"arm/{s}"]["t_grok"] for s in (0, 1, 2)]
+    assert None not in grok and len(set(grok)) > 1
+    for s in (0, 1, 2):
+        assert res[f"arm/{s}"]["final_step"] == max(grok) and res[f"arm/{s}"]["retire_reason"] == "grokked"
+        assert res[f"solo/{s}"]["final_step"] == res[f"solo/{s}"]["t_grok"] == res[f"arm/{s}"]["t_grok"]
+    steps = [[t for t, _ in c.curves(f"arm/{s}")["test/acc"]] for s in (0, 1, 2)]
+    assert steps[0] == steps[1] == steps[2] and steps[0][-1] == max(grok)
+    fourier = c.curves("arm/0")["repr/fourier_top5"]
+    assert fourier[-1][1] > 0.8 > 0.6 > fourier[0][1]  # the Fourier circuit forms (p = 23: 11 frequencies)

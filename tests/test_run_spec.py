@@ -85,17 +85,18 @@ def test_preset_and_set_overlay(tmp_path):
 
 
 def test_logit_matched_tau_interpolates_at_target_L(tmp_path):
+    """Over the sweep arms' "L at grok" (summary.arm_summary: the seed-mean curve at the median t_grok)."""
     g = build_graph(load_study(write(tmp_path, MINI)))
 
     def arm(L, grokked=True):
-        return [{"grokked": grokked, "logit_scale_at_grok": L}, {"grokked": grokked, "logit_scale_at_grok": L}]
-    results = {"clamp_raised": arm(30.0), "clamp_raised_tau1.3": arm(24.0), "clamp_raised_tau1.7": arm(18.0),
-               "clamp_same": arm(21.0)}
-    out = derive(g, "logit_matched", results)
+        return {"results": [], "summary": {"logit_scale_at_grok": L, "majority": int(grokked)}}
+    done = {"clamp_raised": arm(30.0), "clamp_raised_tau1.3": arm(24.0), "clamp_raised_tau1.7": arm(18.0),
+            "clamp_same": arm(21.0)}
+    out = derive(g, "logit_matched", done)
     assert out["tau"] == pytest.approx(1.5)          # halfway between tau 1.3 (L 24) and 1.7 (L 18)
     assert out["tau_source"].startswith("derived:logit_matched(target=clamp_same")
-    results["clamp_raised_tau1.7"] = arm(None, grokked=False)   # a non-grokked arm drops out
-    assert derive(g, "logit_matched", results)["tau"] == pytest.approx(1.0 + 0.3 * (21 - 30) / (24 - 30))
+    done["clamp_raised_tau1.7"] = arm(17.0, grokked=False)   # an arm without a grokking majority drops out
+    assert derive(g, "logit_matched", done)["tau"] == pytest.approx(1.0 + 0.3 * (21 - 30) / (24 - 30))
 
 
 def test_dry_run_prints_graph_and_writes_nothing(tmp_path, tracking_uri, capsys):
