@@ -1,36 +1,40 @@
 """Members -> cell summaries (one row per cell = one arm run).
 
-Conventions, pinned by reproducing the paper's published p = 59 figures from its raw data:
+Conventions, pinned by reproducing the paper's published p = 59 figures from its raw data; the
+statistics themselves are tracking.conventions' (the engine derives its levers with the same ones):
 - A cell is one arm: the members sharing `parent_run_id` (the arm run), or the `arm` name when absent.
 - A seed has grokked when `grokked == 1` and `t_grok` is finite (diverged members never count).
 - A cell counts ("majority") when more than half of its seeds grok.
-- Medians are numpy medians (mean of the two middle values for an even count) over the grokked seeds.
-- "L at grok": the arm's seed-mean `logit/scale` curve at the logged step nearest the cell's median
-  t_grok (a tie goes to the earlier step). Curve values are never interpolated in time.
+- Medians are over the grokked seeds (mean of the two middle values for an even count).
+- "L at grok" (conventions.l_at_grok): the arm's seed-mean `logit/scale` curve at the logged step
+  nearest the cell's median t_grok (a tie goes to the earlier step); never interpolated in time.
 - `fork_delay` = t_grok - fork_step per seed (the same-state design measures delays from the fork).
 - W (the dose law's norm) = median `weight_norm_at_grok` over grokked seeds, else rho * w_c.
+- A cell's part in its design is its `design_role` param (tracking.conventions.DESIGN_ROLES), never
+  its name.
 - Params the paper data lacks take the value that the experiment used: tau 1 (no temperature), gamma 0.
 """
 from __future__ import annotations
 
-import re
 import warnings
 
 import numpy as np
 import pandas as pd
 
+from tracking.conventions import l_at_grok, majority, nearest_logged
+
 NUMERIC = ["p", "rho", "tau", "gamma", "seed", "fork_step", "t_int", "w_c", "weight_decay", "budget",
            "t_mem", "t_grok", "delay", "grokked", "diverged", "logit_scale_at_grok", "weight_norm_at_grok",
            "N0", "target"]
-TEXT = ["arm", "study", "loss", "model", "precision", "clamp", "design", "tau_source"]
+TEXT = ["arm", "study", "loss", "model", "precision", "clamp", "design", "tau_source", "design_role", "retire"]
 DEFAULTS = {"tau": 1.0, "gamma": 0.0}
 UNCLAMPED = {"", "none", "free", "nan", "alloc"}
-FORK_ARMS = ("clamp_lowered", "free", "clamp_same", "clamp_raised")
-# fork arms are recognised by name: "clamp_raised", "p59_clamp_raised", "clamp_raised_tau1.3", "logit_matched"
-# multi-modulus studies suffix every arm with _p<p> ("clamp_raised_tau1.3_p97"); the role ignores it
-FORK_RE = re.compile(r"(?:^|_)(free|clamp_same|clamp_raised|clamp_lowered|logit_matched)(?:_tau[0-9.]+)?(?:_p[0-9]+)?$")
+# the same-state fork's arms by design_role, and the names the report and its JSON give them (DESIGN.md)
+FORK_ROLES = {"fork_lowered": "clamp_lowered", "fork_free": "free", "fork_same": "clamp_same",
+              "fork_raised": "clamp_raised"}
+FORK_ARMS = tuple(FORK_ROLES.values())
 GROUP = ["p", "loss", "model", "precision"]
-CURVE_KEYS = ["logit/scale", "softmax/collapse", "test/acc", "train/acc"]
+CURVE_KEYS = ["logit/scale", "softmax/collapse", "test/acc", "train/acc", "repr/fourier_top5"]
 
 
 def prepare_members(members: pd.DataFrame) -> pd.DataFrame:
@@ -49,28 +53,6 @@ def prepare_members(members: pd.DataFrame) -> pd.DataFrame:
     m["ok"] = (m["grokked"].fillna(0) == 1) & np.isfinite(m["t_grok"]) & (m["diverged"].fillna(0) != 1)
     m["fork_delay"] = m["t_grok"] - m["fork_step"]
     return m
-
-
-def fork_role(arm: str) -> str:
-    """'clamp_raised' for 'p59_clamp_raised', 'clamp_raised_tau1.3' or 'clamp_raised_p97'; '' when the name is no fork arm."""
-    match = FORK_RE.search(arm)
-    return match.group(1) if match else ""
-
-
-def is_logit_matched(arm: str, tau_source: str) -> bool:
-    """A logit-matched arm: tau_source 'derived:logit_matched(...)' (the engine), or its name.
-
-    The importer marks a filled-in tau 'default:<design> design'; only a derived logit match counts."""
-    return (tau_source.startswith("derived") and "logit" in tau_source) or fork_role(arm) == "logit_matched"
-
-
-def nearest(steps: np.ndarray, values: np.ndarray, t: float) -> float:
-    """Curve value at the logged step nearest t (ties -> the earlier step); NaN when t or the curve is missing."""
-    if not np.isfinite(t) or len(steps) == 0:
-        return np.nan
-    order = np.argsort(steps, kind="stable")
-    steps, values = np.asarray(steps)[order], np.asarray(values)[order]
-    return float(values[np.argmin(np.abs(steps - t))])
 
 
 def _curve(curves: pd.DataFrame | None, cell: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,24 +82,29 @@ def summarize(members: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.D
         t_grok = float(np.median(ok["t_grok"])) if len(ok) else np.nan
         row = {"cell": cell, **{c: first[c] for c in TEXT}, **{c: first[c] for c in
                ["p", "rho", "tau", "gamma", "fork_step", "t_int", "w_c", "weight_decay"]}}
-        row.update(n_seeds=len(g), n_grokked=len(ok), majority=len(ok) > len(g) / 2, t_grok=t_grok,
+        row.update(n_seeds=len(g), n_grokked=len(ok), majority=majority(len(ok), len(g)), t_grok=t_grok,
                    t_mem=float(np.nanmedian(g["t_mem"])) if g["t_mem"].notna().any() else np.nan,
                    delay=_median(ok["t_grok"] - ok["t_mem"]), fork_delay=_median(ok["fork_delay"]))
         w = _median(ok["weight_norm_at_grok"])
         row["W"] = w if np.isfinite(w) else row["rho"] * row["w_c"]
-        row["L"] = nearest(*_curve(curves, cell, "logit/scale"), t_grok)
+        row["L"] = _nan(l_at_grok(list(zip(*_curve(curves, cell, "logit/scale"))), t_grok))
         row["L_seed_median"] = _median(ok["logit_scale_at_grok"])
         sc_steps, sc = _curve(curves, cell, "softmax/collapse")
         row["sc_peak"] = float(np.nanmax(sc)) if len(sc) else np.nan
-        row["sc_at_grok"] = nearest(sc_steps, sc, t_grok)
+        row["sc_at_grok"] = _nan(nearest_logged(list(zip(sc_steps, sc)), t_grok))
         rows.append(row)
     cells = pd.DataFrame(rows)
     cells["clamped"] = ~cells["clamp"].str.lower().isin(UNCLAMPED)
     cells["forked"] = np.isfinite(cells["fork_step"])
-    cells["fork_role"] = [fork_role(a) if f else "" for a, f in zip(cells["arm"], cells["forked"])]
-    cells["logit_matched"] = [is_logit_matched(a, s) for a, s in zip(cells["arm"], cells["tau_source"])]
+    cells["role"] = cells["design_role"].replace({"none": "", "nan": "", "None": ""})
+    cells["fork_role"] = cells["role"].map(FORK_ROLES).fillna("")
+    cells["logit_matched"] = cells["role"] == "logit_matched"
     cells["group"] = [group_label(r) for _, r in cells.iterrows()]
     return cells
+
+
+def _nan(x: float | None) -> float:
+    return np.nan if x is None else float(x)
 
 
 def _median(x: pd.Series) -> float:

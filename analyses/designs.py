@@ -1,16 +1,16 @@
-"""Which designs an experiment holds, found from the cells' params (never from file or run names,
-except the fork arms, which are named: free, clamp_same, clamp_raised, clamp_lowered, logit_matched).
+"""Which designs an experiment holds, found from the cells' params, above all their `design_role`
+(tracking.conventions.DESIGN_ROLES), never from file or arm names.
 
 Each finder returns (specs, notes): a spec is what one analysis needs (cell ids); a note says plainly
 why a design that is partly there cannot be computed. Cells are grouped by p, loss, model and precision.
-- recovery / memorization_control / mediation: a baseline cell (clamped, rho 1, tau 1), a norm-up cell
-  (clamped, rho > 1, tau 1) and a tau sweep at that rho (>= 2 tau values); a logit-matched arm (derived
-  tau) at that rho is the realized T2. In a fork design: baseline = clamp_same, norm-up = clamp_raised,
-  sweep = clamp_raised's tau arms, delays from the fork.
-- collapse: clamped cells spanning >= 2 rho and >= 2 tau values, >= 4 cells.
+- recovery / memorization_control / mediation: the `baseline` cell, the `norm_up` cell and the
+  `tau_sweep` cells at its rho (the sweep is norm_up plus those; >= 2 tau values); a `logit_matched`
+  cell at that rho is the realized T2. In a fork design: baseline = `fork_same`, norm-up = `fork_raised`,
+  sweep = fork_raised plus the forked tau_sweep cells, delays from the fork.
+- collapse: clamped cells spanning >= 2 rho and >= 2 tau values, >= 4 cells (a grid over params).
 - dose_law: clamped cells at tau 1 over >= 4 rho values.
 - allocation: clamp 'alloc' (or gamma != 0) cells over >= 2 gamma values.
-- fork: forked cells named clamp_same and clamp_raised (free and clamp_lowered for the ordering).
+- fork: forked cells of roles fork_same and fork_raised (fork_free and fork_lowered for the ordering).
 - precision: the same cell in float32 and float64.
 The `design` param narrows this: when every cell names a design known below, only that design's
 analyses run (the paper's collapse grid also holds a tau sweep, but it is not the mediation design).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analyses.cells import FORK_ARMS
+from analyses.cells import FORK_ROLES
 
 ANALYSES = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation",
             "precision"]
@@ -50,43 +50,30 @@ def _plain_clamped(g: pd.DataFrame) -> pd.DataFrame:
 def recovery_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
     """Specs {group, base, up, sweep, matched, time} for recovery, memorization control and mediation."""
     specs, notes = [], []
+    if not (cells["role"] != "").any():
+        if cells["clamped"].any():
+            notes.append("recovery: no arm records a design_role (runs logged before roles existed?); "
+                         "designs are found by role, not by name")
+        return specs, notes
     for label, g in cells.groupby("group", sort=False):
-        forked = g[g["forked"] & (g["fork_role"] != "")]
-        if len(forked):
-            _fork_recovery(label, forked, specs, notes)
-        plain = _plain_clamped(g)
-        if not len(plain):
-            continue
-        ups = sorted(set(plain.loc[(plain["rho"] > 1 + 1e-6) & _eq(plain["tau"], 1.0), "rho"]))
-        swept = [r for r in ups if plain.loc[_eq(plain["rho"], r), "tau"].nunique() >= 2]
-        base = plain[_eq(plain["rho"], 1.0) & _eq(plain["tau"], 1.0)]
-        if not swept:
-            if len(base) and ups:
-                notes.append(f"recovery ({label}): no tau sweep at rho {ups[-1]:g} (needs >= 2 tau values)")
-            continue
-        if not len(base):
-            notes.append(f"recovery ({label}): no baseline cell (clamped, rho 1, tau 1)")
-            continue
-        matched_all = g[g["logit_matched"] & ~g["forked"]]
-        for rho in swept:
-            sweep = plain[_eq(plain["rho"], rho)].sort_values("tau")
-            up = sweep[_eq(sweep["tau"], 1.0)]
-            matched = matched_all[_eq(matched_all["rho"], rho)]
-            _add(specs, notes, label, base.iloc[0], up.iloc[0], sweep, matched, "t_grok")
+        for forked, (b_role, u_role) in ((False, ("baseline", "norm_up")), (True, ("fork_same", "fork_raised"))):
+            h = g[g["forked"] == forked]
+            base, ups = h[h["role"] == b_role], h[h["role"] == u_role]
+            if not len(ups):
+                continue
+            if not len(base):
+                notes.append(f"recovery ({label}): no {b_role} cell beside {u_role} {ups.iloc[0]['arm']}")
+                continue
+            for _, up in ups.iterrows():
+                rho = up["rho"]
+                sweep = h[h["role"].isin([u_role, "tau_sweep"]) & _eq(h["rho"], rho)].sort_values("tau")
+                matched = h[(h["role"] == "logit_matched") & _eq(h["rho"], rho)]
+                if sweep["tau"].nunique() < 2 and not len(matched):
+                    if not forked:
+                        notes.append(f"recovery ({label}): no tau sweep at rho {rho:g} (needs >= 2 tau values)")
+                    continue  # a plain fork design: no recovery intended
+                _add(specs, notes, label, base.iloc[0], up, sweep, matched, "fork_delay" if forked else "t_grok")
     return specs, notes
-
-
-def _fork_recovery(label, forked, specs, notes):
-    same = forked[(forked["fork_role"] == "clamp_same") & _eq(forked["tau"], 1.0)]
-    raised = forked[(forked["fork_role"] == "clamp_raised") & ~forked["logit_matched"]].sort_values("tau")
-    up = raised[_eq(raised["tau"], 1.0)]
-    matched = forked[forked["logit_matched"]]
-    if raised["tau"].nunique() < 2 and not len(matched):
-        return  # a plain fork design: no recovery intended
-    if not len(same) or not len(up):
-        notes.append(f"recovery ({label}, fork): needs clamp_same and clamp_raised at tau 1")
-        return
-    _add(specs, notes, label, same.iloc[0], up.iloc[0], raised, matched, "fork_delay")
 
 
 def _add(specs, notes, label, base, up, sweep, matched, time):
@@ -152,12 +139,12 @@ def allocation_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
 def fork_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
     specs, notes = [], []
     for label, g in cells.groupby("group", sort=False):
-        f = g[g["forked"] & g["fork_role"].isin(FORK_ARMS) & _eq(g["tau"], 1.0) & ~g["logit_matched"]]
+        f = g[g["forked"] & g["role"].isin(list(FORK_ROLES))]
         if not len(f):
             continue
-        arms = {r: f.loc[f["fork_role"] == r, "cell"].iloc[0] for r in FORK_ARMS if (f["fork_role"] == r).any()}
+        arms = {FORK_ROLES[r]: f.loc[f["role"] == r, "cell"].iloc[0] for r in FORK_ROLES if (f["role"] == r).any()}
         if "clamp_same" not in arms or "clamp_raised" not in arms:
-            notes.append(f"fork ({label}): needs clamp_same and clamp_raised arms; found {sorted(arms)}")
+            notes.append(f"fork ({label}): needs fork_same and fork_raised arms; found {sorted(arms)}")
             continue
         pair = [f.loc[f["cell"] == arms[r]].iloc[0] for r in ("clamp_same", "clamp_raised")]
         weak = [r for r in pair if not r["majority"]]
@@ -171,7 +158,7 @@ def fork_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
 
 def precision_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
     specs = []
-    key = ["p", "loss", "model", "rho", "tau", "gamma", "clamp", "fork_step", "weight_decay", "fork_role"]
+    key = ["p", "loss", "model", "rho", "tau", "gamma", "clamp", "fork_step", "weight_decay", "role"]
     c = cells.assign(**{k: cells[k].astype(str) for k in key})
     for _, g in c.groupby(key, sort=False, dropna=False):
         f32, f64 = g[g["precision"] == "float32"], g[g["precision"] == "float64"]

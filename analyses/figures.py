@@ -127,3 +127,25 @@ def curves_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: P
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
+
+
+def structure_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: Path) -> str | None:
+    """Seed-mean `repr/fourier_top5` (PAPER.md `structure`) per arm, a dot at the arm's median t_grok: the
+    Fourier circuit forming around grokking. None when no arm logged it."""
+    st = curves[(curves["key"] == "repr/fourier_top5") & curves["run_id"].isin(cells["cell"])]
+    if st.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(cells[cells["cell"].isin(st["run_id"])].itertuples()):
+        c = st[st["run_id"] == r.cell].sort_values("step")
+        ax.plot(c["step"], c["value"], color=colors[i % len(colors)], lw=1.2, label=r.arm)
+        if np.isfinite(r.t_grok):
+            j = int(np.argmin(np.abs(c["step"].to_numpy() - r.t_grok)))
+            ax.plot([c["step"].iloc[j]], [c["value"].iloc[j]], "o", color=colors[i % len(colors)], ms=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("step (log scale); dot: median t_grok")
+    ax.set_ylabel("top-5 Fourier power share of E")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

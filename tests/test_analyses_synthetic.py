@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyses import report
+from analyses import markdown, report
 from analyses.cells import prepare_members, summarize
 from analyses.collapse import collapse_fit
 from analyses.doselaw import dose_law
@@ -18,7 +18,8 @@ JITTER = np.array([-60.0, -20.0, 0.0, 0.0, 20.0, 60.0])  # symmetric: every cell
 
 
 def cell(arm, T, L, *, rho=1.0, tau=1.0, clamp="w_c", fork_step=None, gamma=0.0, precision="float32",
-         tau_source="given", design="custom", p=23, t_mem=100.0, grok=None, L_seed=None, jitter=JITTER, sc=None):
+         tau_source="given", design="custom", p=23, t_mem=100.0, grok=None, L_seed=None, jitter=JITTER, sc=None,
+         role=None):
     """Members + arm curves of one cell: t_grok = T (+ jitter) per seed, logit/scale flat at L."""
     grok = np.ones(SEEDS, bool) if grok is None else np.asarray(grok)
     t = T + jitter if np.ndim(T) == 0 else np.asarray(T, float)
@@ -27,6 +28,7 @@ def cell(arm, T, L, *, rho=1.0, tau=1.0, clamp="w_c", fork_step=None, gamma=0.0,
         rows.append({"run_id": f"{arm}/{s}", "parent_run_id": arm, "arm": arm, "study": "syn", "seed": float(s),
                      "p": float(p), "loss": "ce", "model": "mlp", "precision": precision, "rho": rho, "tau": tau,
                      "gamma": gamma, "clamp": clamp, "design": design, "tau_source": tau_source,
+                     "design_role": role or "none",
                      "fork_step": "none" if fork_step is None else float(fork_step), "t_mem": t_mem,
                      "t_grok": t[s] if grok[s] else np.nan, "grokked": float(grok[s]),
                      "delay": t[s] - t_mem if grok[s] else np.nan,
@@ -125,7 +127,7 @@ def write_store(uri, experiment, cells_):
     rec = Recorder(uri, experiment, background=False)
     study = rec.run("study", experiment, tags={"study": experiment})
     keys = ["arm", "p", "loss", "model", "precision", "rho", "tau", "gamma", "clamp", "design", "tau_source",
-            "fork_step"]
+            "fork_step", "design_role"]
     for members, curves in cells_:
         first = members.iloc[0]
         arm = first["arm"]
@@ -144,21 +146,26 @@ def write_store(uri, experiment, cells_):
     rec.close()
 
 
-def fork_study_cells(with_lowered=True):
-    """The engine's fork_study shape: fork arms by name, a tau sweep on clamp_raised, a logit-matched arm."""
+def fork_study_cells(with_lowered=True, names=None):
+    """The engine's fork_study shape: fork arms by design_role, a tau sweep on the raised arm, a
+    logit-matched arm. `names` renames arms (role -> name)."""
     same = np.array([1000, 1100, 1200, 1300, 1400, 1500.0])
     L_seed = lambda L: L * np.linspace(0.97, 1.03, SEEDS)  # noqa: E731
     kw = dict(clamp="n0", fork_step=800, design="fork", p=23)
-    out = [cell("trunk", 700, 30, clamp="none", design="fork", p=23),
-           cell("free", 800 + 0.7 * same, 30, clamp="none", fork_step=800, design="fork", p=23),
-           cell("clamp_same", 800 + same, 25, L_seed=L_seed(25), **kw),
-           cell("clamp_raised", 800 + 3 * same, 35, rho=1.15, L_seed=L_seed(35), **kw),
-           cell("clamp_raised_tau1.3", 800 + 2 * same, 30, rho=1.15, tau=1.3, L_seed=L_seed(30), **kw),
-           cell("clamp_raised_tau1.7", 800 + same, 20, rho=1.15, tau=1.7, L_seed=L_seed(20), **kw),
-           cell("logit_matched", 800 + 1.5 * same, 25, rho=1.15, tau=1.5, L_seed=L_seed(25),
-                tau_source="derived:logit_matched(target=clamp_same)", **kw)]
+    n = {"fork_trunk": "trunk", "fork_free": "free", "fork_same": "clamp_same", "fork_raised": "clamp_raised",
+         "tau1.3": "clamp_raised_tau1.3", "tau1.7": "clamp_raised_tau1.7", "logit_matched": "logit_matched",
+         "fork_lowered": "clamp_lowered", **(names or {})}
+    out = [cell(n["fork_trunk"], 700, 30, clamp="none", design="fork", p=23, role="fork_trunk"),
+           cell(n["fork_free"], 800 + 0.7 * same, 30, clamp="none", fork_step=800, design="fork", p=23,
+                role="fork_free"),
+           cell(n["fork_same"], 800 + same, 25, L_seed=L_seed(25), role="fork_same", **kw),
+           cell(n["fork_raised"], 800 + 3 * same, 35, rho=1.15, L_seed=L_seed(35), role="fork_raised", **kw),
+           cell(n["tau1.3"], 800 + 2 * same, 30, rho=1.15, tau=1.3, L_seed=L_seed(30), role="tau_sweep", **kw),
+           cell(n["tau1.7"], 800 + same, 20, rho=1.15, tau=1.7, L_seed=L_seed(20), role="tau_sweep", **kw),
+           cell(n["logit_matched"], 800 + 1.5 * same, 25, rho=1.15, tau=1.5, L_seed=L_seed(25),
+                tau_source="derived:logit_matched(target=clamp_same)", role="logit_matched", **kw)]
     if with_lowered:
-        out.append(cell("clamp_lowered", 800 + 0.4 * same, 20, rho=1 / 1.15, **kw))
+        out.append(cell(n["fork_lowered"], 800 + 0.4 * same, 20, rho=1 / 1.15, role="fork_lowered", **kw))
     return out
 
 
@@ -168,7 +175,8 @@ def test_report_on_an_engine_shaped_fork_study(tracking_uri, tmp_path):
     out, js = tmp_path / "rep", tmp_path / "r.json"
     assert report.main(["fork_study", "--tracking-uri", tracking_uri, "--out", str(out), "--json", str(js)]) == 0
     res = json.loads(js.read_text())
-    assert set(res) == {"recovery", "memorization_control", "mediation", "fork"}
+    # every fork arm inherits the trunk's t_mem: no memorization control in a fork design
+    assert set(res) == {"recovery", "mediation", "fork"}
     (rec,), (fork,) = res["recovery"], res["fork"]
     # delays from the fork: T0 1250, T1 3750; sweep L 35/30/20 -> T2 at L 25 = (2500 + 1250) / 2 = 1875
     assert (rec["T0"], rec["T1"], rec["T2_interpolated"], rec["T2_realized"]) == (1250, 3750, 1875, 1875)
@@ -187,7 +195,8 @@ def test_report_on_an_engine_shaped_fork_study(tracking_uri, tmp_path):
 def test_partial_design_reports_what_it_can_and_says_what_is_missing(tracking_uri, tmp_path):
     cells_ = fork_study_cells(with_lowered=False)
     cells_[5] = cell("clamp_raised_tau1.7", 800 + np.full(SEEDS, 1000.0), 20, rho=1.15, tau=1.7, clamp="n0",
-                     fork_step=800, design="fork", p=23, grok=[True, True, False, False, False, False])
+                     fork_step=800, design="fork", p=23, grok=[True, True, False, False, False, False],
+                     role="tau_sweep")
     write_store(tracking_uri, "partial", cells_)
     js = tmp_path / "r.json"
     assert report.main(["partial", "--tracking-uri", tracking_uri, "--out", str(tmp_path), "--json", str(js)]) == 0
@@ -232,13 +241,41 @@ def test_precision_audit_pairs_the_same_cell_across_precisions():
     results, notes = report.analyse(m, c)
     (row,) = results["precision"]
     assert (row["t_grok_float32"], row["t_grok_float64"], row["sc_float32"], row["sc_float64"]) == (5000, 4000, 0.4, 0.0)
-    assert row["rho"] == 1.25 and "| 5000 | 4000 | 0.400 | 0.000 |" in report._precision_md(results["precision"])[2]
+    assert row["rho"] == 1.25 and "| 5000 | 4000 | 0.400 | 0.000 |" in markdown._precision_md(results["precision"])[2]
 
 
-def test_fork_role_reads_multi_modulus_arm_names():
-    # `--preset paper` replicates the graph per modulus and suffixes arms with _p<p>
-    from analyses.cells import fork_role
-    assert fork_role("clamp_raised_tau1.3_p97") == "clamp_raised"
-    assert fork_role("logit_matched_p59") == "logit_matched"
-    assert fork_role("free_p59") == "free"
-    assert fork_role("trunk_p59") == ""
+def test_designs_are_found_by_role_so_renaming_every_arm_changes_nothing(tracking_uri, tmp_path):
+    names = {"fork_trunk": "stem", "fork_free": "a", "fork_same": "b", "fork_raised": "c", "tau1.3": "d",
+             "tau1.7": "e", "logit_matched": "f", "fork_lowered": "g"}
+    write_store(tracking_uri, "named", fork_study_cells())
+    write_store(tracking_uri, "renamed", fork_study_cells(names=names))
+    got = {}
+    for exp in ("named", "renamed"):
+        js = tmp_path / f"{exp}.json"
+        assert report.main([exp, "--tracking-uri", tracking_uri, "--out", str(tmp_path / exp), "--json", str(js)]) == 0
+        got[exp] = json.loads(js.read_text())
+    strip = lambda d: {k: v for k, v in d.items() if not k.endswith("_arm") and k not in ("sweep", "matched")}  # noqa
+    for design in ("recovery", "mediation", "fork"):
+        assert [strip(r) for r in got["renamed"][design]] == [strip(r) for r in got["named"][design]], design
+    assert got["renamed"]["fork"][0]["delays"] == got["named"]["fork"][0]["delays"]
+
+
+def test_the_exclusion_restriction_is_tested_and_a_direct_tau_effect_is_flagged():
+    """ln tau in the outcome model: ~0 when tau acts only through L, clearly not when it also acts alone."""
+    def family(direct):
+        rng = np.random.default_rng(3)
+        out = []
+        for arm, rho, tau in (("base", 1.0, 1.0), ("up", 1.15, 1.0), ("up_tau1.3", 1.15, 1.3), ("up_tau1.7", 1.15, 1.7)):
+            L = 25 * (1.4 if rho > 1 else 1.0) / tau * np.exp(rng.normal(0, 0.03, SEEDS))
+            T = 1000 * (L / 25) ** 3 * tau ** direct * np.exp(rng.normal(0, 0.02, SEEDS))
+            role = {"base": "baseline", "up": "norm_up"}.get(arm, "tau_sweep")
+            out.append(cell(arm, T, float(np.median(L)), rho=rho, tau=tau, L_seed=L, role=role))
+        return frames(*out)
+    for direct, holds in ((0.0, True), (1.5, False)):
+        m, c = family(direct)
+        ids = c.set_index("arm")["cell"]
+        r = mediation_fit(m, c, ids["base"], [ids["up"], ids["up_tau1.3"], ids["up_tau1.7"]], n_rep=100, n_boot=200)
+        assert r["exclusion_holds"] is holds, (direct, r["tau_coef"], r["tau_ci"])
+        assert r["tau_ci"][0] < r["tau_coef"] < r["tau_ci"][1]
+        if not holds:
+            assert r["tau_coef"] == pytest.approx(direct, abs=0.3)

@@ -48,6 +48,15 @@ def test_import_builds_the_run_schema(imported, capsys):
     arms = load_arms("paper/transformer", uri)
     assert set(arms["model"]) == {"transformer_noln"} and set(arms["design"]) == {"transformer"}
     assert set(arms["tau_source"]) == {"given"}
+    # the design roles the analyses find designs by, from the release's own fields
+    assert arms.set_index("arm")["design_role"].to_dict() == {
+        "tfnoln_add_ce_full_p59_ctrl": "control", "tfnoln_add_ce_full_p59_base_rho1.00_tau1.00": "baseline",
+        "tfnoln_add_ce_full_p59_up_rho1.15_tau1.00": "norm_up",
+        **{f"tfnoln_add_ce_full_p59_up_rho1.15_tau{t}": "tau_sweep" for t in ("1.15", "1.30", "1.50", "1.70")}}
+    roles = load_arms("paper/samestate", uri).set_index("arm")["design_role"]
+    assert roles["p59_clamp_raised"] == "fork_raised" and roles["p97_free"] == "fork_free"
+    runs = c.search_runs([c.get_experiment_by_name("paper/samestate").experiment_id], "tags.role = 'member'")
+    assert {r.data.tags["design_role"] for r in runs} == {"fork_free", "fork_same", "fork_raised", "fork_lowered"}
 
 
 def test_imported_numbers_match_the_paper(imported):

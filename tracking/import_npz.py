@@ -20,34 +20,43 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import l_at_grok
 from .recorder import Recorder
 from .store import StoreError, check_uri, resolve_uri
 
 CURVES = {"train_loss": "train/loss", "test_loss": "test/loss", "train_acc": "train/acc",
           "test_acc": "test/acc", "weight_norm": "norm/total", "wn_E": "norm/E", "wn_W1": "norm/W1",
           "wn_W2": "norm/W2", "logit_scale": "logit/scale", "sc_frac": "softmax/collapse",
-          "frac_saturated": "softmax/saturated", "structure": "misc/structure"}
+          "frac_saturated": "softmax/saturated", "structure": "repr/fourier_top5"}
 MODELS = {"mlp": "mlp", "tfnoln": "transformer_noln"}
 LOSSES = ("ce", "mse")
 # Param keys, identical on every arm and member run (members add `seed`); "none" where not defined.
 PARAM_KEYS = ("arm", "p", "model", "loss", "precision", "rho", "tau", "clamp", "gamma", "train_fraction",
               "lr", "weight_decay", "t_int", "w_c", "budget", "eval_every", "fork_from", "fork_step",
-              "tau_source", "design")
+              "tau_source", "design", "design_role", "retire")
 # file key -> param key, for config scalars copied as they are
 CONFIG = {"p": "p", "rho": "rho", "tau": "tau", "gamma": "gamma", "alpha": "train_fraction", "lr": "lr",
           "lam": "weight_decay", "t_int": "t_int", "wc_used": "w_c", "max_steps": "budget",
           "t_fork": "fork_step"}
-# Every released run was evaluated every 25 steps, in float32 (paper-metrics README; PAPER.md setup).
-RELEASE = {"eval_every": 25, "precision": "float32"}
+# Every released run was evaluated every 25 steps, in float32, and a cell's seeds trained until all had
+# grokked (paper-metrics README; PAPER.md setup and "How the paper's runner measured").
+RELEASE = {"eval_every": 25, "precision": "float32", "retire": "arm"}
+# The release's `arm` field names the same-state fork's arms; its README names the other designs' roles
+# by file-name token (ctrl, base, up). The design_role each becomes (tracking.conventions.DESIGN_ROLES):
+FORK_ROLES = {"free": "fork_free", "clamp_same": "fork_same", "clamp_raised": "fork_raised",
+              "clamp_lowered": "fork_lowered"}
 # Fields a design's files omit, filled only where the paper leaves no doubt:
 # dose clamps at rho x w_c with tau 1 and no allocation (README); the same-state fork is the main MLP/CE
 # setup with four clamp levels and no temperature or allocation (PAPER.md, "Same-state fork").
 DESIGN_DEFAULTS = {"dose": {"tau": 1.0, "gamma": 0.0},
                    "samestate": {"tau": 1.0, "gamma": 0.0, "model": "mlp", "loss": "ce"}}
+# wn_at_grok is "the norm at the end of the run" (README): the engine's weight_norm_final, from which
+# conventions.w_c takes w_c; it stays weight_norm_at_grok too, where the dose law reads it
 PER_SEED = {"wn_at_grok": "weight_norm_at_grok", "N0": "N0", "target": "target",
             "norm_before_int": "norm_before_int", "norm_after_int": "norm_after_int"}
 ARM_SCALARS = ("steps_run", "wall_s")   # run-level facts, logged as arm metrics
-SUMMARY_KEYS = ("t_mem", "t_grok", "delay", "grokked", "diverged", "weight_norm_at_grok", "N0", "target",
+SUMMARY_KEYS = ("t_mem", "t_grok", "delay", "grokked", "diverged", "weight_norm_at_grok", "weight_norm_final",
+                "N0", "target",
                 "norm_before_int", "norm_after_int")
 
 
@@ -119,6 +128,22 @@ def _stem_token(stem: str, options) -> str | None:
     return next((t for t in tokens if t in options), None)
 
 
+def design_role(design: str, stem: str, arm: str, tau) -> str:
+    """The release's cell -> its design_role ("none" where the design gives it none, e.g. free_wd runs)."""
+    tokens = stem.split("_")
+    if design == "samestate":
+        return FORK_ROLES.get(arm, "none")
+    if "ctrl" in tokens:
+        return "control"
+    if design in ("mediation", "transformer"):
+        if "base" in tokens:
+            return "baseline"
+        if "up" in tokens:
+            return "norm_up" if tau == 1.0 else "tau_sweep"
+    return {"collapse": "collapse_cell", "dose": "dose_cell" if arm == "clamp" else "none",
+            "alloc": "alloc_cell"}.get(design, "none")
+
+
 def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
     """Validate one .npz and turn it into params, member summaries, seed-mean curves. Raises BadFile."""
     d = _load(path)
@@ -156,6 +181,7 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
         if params[key] == "none" and key in defaults:
             params[key] = defaults[key]
             notes.append(f"{key}={defaults[key]} (design default)")
+    params["design_role"] = design_role(design, path.stem, params["clamp"], params["tau"])
     params["tau_source"] = "given" if "tau" in d else (
         f"default:{design} design" if params["tau"] != "none" else "none")
 
@@ -172,6 +198,8 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
              "grokked": float(t_grok[s] >= 0), "diverged": diverged[s]}
         m["delay"] = m["t_grok"] - m["t_mem"] if m["t_grok"] is not None and m["t_mem"] is not None else None
         m.update({name: float(v[s]) for name, v in per_seed.items()})
+        if "weight_norm_at_grok" in m:
+            m["weight_norm_final"] = m["weight_norm_at_grok"]
         members.append(m)
 
     curves = {}
@@ -190,10 +218,9 @@ def read_cell(path: Path, design: str, weights: Path | None = None) -> Cell:
     arm_metrics = {k: float(_scalar(d, k)) for k in ARM_SCALARS if k in d}
     arm_metrics.update(_medians(members))
     arm_metrics.update(n_seeds=float(n), n_grokked=float((t_grok >= 0).sum()))
-    if "logit/scale" in curves and arm_metrics.get("t_grok") is not None:
-        # the release's convention: L at the logged step nearest the cell's median t_grok
-        steps, values = zip(*curves["logit/scale"])
-        arm_metrics["logit_scale_at_grok"] = values[int(np.argmin(np.abs(np.asarray(steps) - arm_metrics["t_grok"])))]
+    L = l_at_grok(curves.get("logit/scale", []), arm_metrics.get("t_grok"))
+    if L is not None:
+        arm_metrics["logit_scale_at_grok"] = L
     desc = (f"paper data {design}/{path.name}: {n} seeds, p={p}, {params['model']}, {params['loss']}, "
             f"clamp={params['clamp']}, rho={params['rho']}, tau={params['tau']}, gamma={params['gamma']}"
             + (f", fork at {params['fork_step']}" if params["fork_step"] != "none" else ""))
@@ -260,6 +287,7 @@ def import_folder(folder: Path, uri: str, summary: Summary, log=print) -> None:
         if study_id is None or rec.status(study_id) != "RUNNING":
             study_id = rec.run("study", design, tags=study_tags,
                                description=f"published metrics of arXiv:2606.18465, folder {design}/")
+        tags = {**tags, "design_role": cell.params["design_role"]}   # not identity: found again by study/arm
         arm_id = rec.run("arm", stem, parent_id=study_id, params=cell.params, tags=tags,
                          description=cell.description)
         rec.add_finished_runs("member", arm_id, [
