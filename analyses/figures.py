@@ -121,12 +121,7 @@ def curves_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: P
             if len(c):
                 ax.plot(c["step"], c["value"], ls, color=colors[i % len(colors)], lw=1.2,
                         label=r.arm if key == "test/acc" else None)
-    ax.set_xscale("log")
-    ax.set_xlabel("step (log scale)")
-    ax.set_ylabel("accuracy (solid test, dotted train)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return _save_per_arm(fig, ax, "step (log scale)", "accuracy (solid test, dotted train)", title, path)
 
 
 def structure_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: Path) -> str | None:
@@ -143,9 +138,15 @@ def structure_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path
         if np.isfinite(r.t_grok):
             j = int(np.argmin(np.abs(c["step"].to_numpy() - r.t_grok)))
             ax.plot([c["step"].iloc[j]], [c["value"].iloc[j]], "o", color=colors[i % len(colors)], ms=4)
+    return _save_per_arm(fig, ax, "step (log scale); dot: median t_grok", "top-5 Fourier power share of E", title,
+                         path)
+
+
+def _save_per_arm(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
+    """Curves per arm over a log step axis, legend by arm."""
     ax.set_xscale("log")
-    ax.set_xlabel("step (log scale); dot: median t_grok")
-    ax.set_ylabel("top-5 Fourier power share of E")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)

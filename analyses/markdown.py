@@ -108,12 +108,15 @@ def _mediation_md(rows):
         [[r["group"], f"{_f(r['acme'])} {ci(r['acme_ci'])}", f"{_f(r['ade'])} {ci(r['ade_ci'])}",
           f"{_f(r['total'])} {ci(r['total_ci'])}", _est(r["prop_mediated"], r["ci_low"], r["ci_high"]),
           _est(r["tau_coef"], *r["tau_ci"]), f"{r['n']} ({r['n_seeds']})", r["mediator"]] for r in rows]),
-        "", ASSUMPTIONS + f" Intervals: {rows[0]['interval']}."]
+        "", ASSUMPTIONS]
     for r in rows:
         if r["exclusion_holds"] is False:
+            arm_level = r["mediator"].startswith("arm-level")
             out += ["", f"{r['group']}: ln tau has an effect on the delay beyond L (coefficient "
-                    f"{_est(r['tau_coef'], *r['tau_ci'])}): the exclusion restriction does not hold here, so the "
-                    "mediated share is not the effect of L alone."]
+                    f"{_est(r['tau_coef'], *r['tau_ci'])}): the exclusion restriction fails in this linear model, "
+                    "so the mediated share is not the effect of L alone"
+                    + ("; with arm-level L the test rests on the arms alone, so a curved ln T - ln L relation "
+                       "also reads as a tau effect." if arm_level else ".")]
     return out
 
 

@@ -32,10 +32,10 @@ from analyses.cells import num, percentile_ci
 N_REP = 1000
 N_BOOT = 2000
 SEED = 0
-ASSUMPTIONS = ("Assumes the clamp (assigned by design) and the logit scale (not randomised) leave no "
-               "unmeasured confounder of the delay, and that tau reaches the delay only through L (tested "
-               "below: the ln tau coefficient). Effects are on ln t_grok from two linear models; intervals "
-               "come from a bootstrap that draws whole seeds, since a seed shares its init across arms.")
+ASSUMPTIONS = ("Assumes that neither the clamp (assigned by design) nor the logit scale (not randomised) "
+               "shares an unmeasured cause with the delay, and that tau reaches the delay only through L "
+               "(tested: the ln tau column). Effects are on ln t_grok from two linear models, with 95% "
+               "intervals from a bootstrap that draws whole seeds (a seed shares its init across arms).")
 
 
 def mediation_data(members: pd.DataFrame, cells: pd.DataFrame, base: str, family: list[str],

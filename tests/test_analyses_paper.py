@@ -65,7 +65,7 @@ def test_memorization_control_and_mediation(p59):
     assert 0 < m["acme"] < m["total"] and m["ci_low"] < m["prop_mediated"] < m["ci_high"]
     # the exclusion restriction is tested: ln tau in the outcome model, its coefficient and seed-clustered CI
     assert m["tau_ci"][0] < m["tau_coef"] < m["tau_ci"][1] and isinstance(m["exclusion_holds"], bool)
-    assert "ln tau in the outcome" in md and "Assumes the clamp" in md and "seed bootstrap" in md
+    assert "ln tau in the outcome" in md and "Assumes that neither the clamp" in md and "draws whole seeds" in md
 
 
 def test_collapse(p59):
