@@ -40,14 +40,15 @@ class Strict(BaseModel):
 
 
 class LogitMatched(Strict):
-    """tau at which the sweep's logit_scale at grok equals `target`'s (median over seeds), interpolated."""
+    """tau at which the sweep's "L at grok" equals `target`'s (tracking.conventions.l_at_grok), interpolated."""
     derive: Literal["logit_matched"]
     sweep: list[str] = Field(min_length=1)   # arms of a tau sweep (an arm with a sweep stands for all of them)
     target: str                              # arm whose median logit_scale at grok is matched
 
 
 class NormAtGrok(Strict):
-    """w_c: median weight_norm at grok of a free control arm (PAPER.md)."""
+    """w_c of a free control arm: median over its grokked seeds of the norm at the end of its run
+    (tracking.conventions.w_c; PAPER.md)."""
     derive: Literal["median_norm_at_grok"]
     arm: str
 
