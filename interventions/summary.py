@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from tracking.conventions import grokked, l_at_grok, majority, median, seed_mean_curve, w_c
+from tracking.conventions import grokked, l_at_grok, majority, median, seed_mean_curve
 
 SUMMARY_KEYS = ("t_mem", "t_grok", "delay", "logit_scale_at_grok", "weight_norm_at_grok", "N0", "target")
 
@@ -29,7 +29,6 @@ def arm_summary(results: list[dict], curves: dict[str, dict] | None = None) -> d
     mean_L = seed_mean_curve(c.get("logit/scale", []) for c in (curves or {}).values())
     out["logit_scale_at_grok"] = l_at_grok(mean_L, out["t_grok"]) if curves is not None else None
     out["weight_norm_final"] = median(r.get("weight_norm_final") for r in grok)
-    out["w_c"] = w_c(results)
     out["delay_from_fork"] = median(r["t_grok"] - r["fork_step"] for r in grok if r.get("fork_step") is not None)
     out.update(n_seeds=len(results), n_grokked=len(grok), n_diverged=sum(bool(r["diverged"]) for r in results),
                majority=int(majority(len(grok), len(results))))

@@ -5,12 +5,13 @@
 //   * the first layer is the ATen path's two table lookups (Ta = E W1a + b1, Tb = E W1b), fused with the
 //     GeLU, which also writes GeLU'(pre), so pre is never stored and the backward is one multiply; erf is
 //     ATen's AVX2 polynomial (Abramowitz-Stegun 7.1.26), its exp(-x^2/2) shared with GeLU's derivative;
-//   * softmax cross-entropy (or MSE) and d loss / d logits in one pass over each row of logits;
+//   * the softmax is ATen's own CPU kernel (what the ATen path calls), then d loss / d logits in one pass
+//     over each row, in levers.loss_and_dlogits's order: in softmax collapse both paths agree bitwise;
 //   * the backward scatters dh * GeLU' into the table rows in example order;
 //   * the three (N x H x p) products are MKL GEMMs with p padded to 16 columns, as in the ATen path, over
 //     blocks of 512 pairs whose activations stay in the core's L2 cache;
 //   * AdamW is torch's fused kernel, the same call as optim.py.
-// Rounding differs from the ATen path in the last bits (erf, exp, summation order): each path is
+// Elsewhere rounding differs from the ATen path in the last bits (erf, GEMM and sum order): each path is
 // deterministic, the two are not bit-identical; tests/test_engine_native.py bounds the difference.
 #include <torch/extension.h>
 #include <ATen/cpu/vec/vec.h>
