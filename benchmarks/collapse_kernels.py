@@ -18,6 +18,7 @@ from pathlib import Path
 
 from interventions import snapshot
 from interventions.cohort import Cohort, CohortConfig, MemberConfig, MemberState
+from interventions.levers import Lever
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,8 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     states = snapshot.load(args.snapshots / "forks" / f"{fork}.pt")["members"]
     init = [MemberState.from_dict(states[s]) for s in sorted(recorded)]
     cfg = CohortConfig(**{**init[0].to_dict()["cohort"], "kernels": args.kernels})
-    members = [MemberConfig(key=f"{args.arm}/{s}", seed=s, tau=prm["tau"], clamp=prm["clamp"], rho=prm["rho"],
-                            gamma=prm["gamma"], t_int=prm["t_int"] or 0, budget=prm["budget"])
+    members = [MemberConfig(key=f"{args.arm}/{s}", seed=s, budget=prm["budget"], lever=Lever(tau=prm["tau"], clamp=prm["clamp"], rho=prm["rho"], gamma=prm["gamma"], t_int=prm["t_int"] or 0))
                for s in sorted(recorded)]
     t0 = time.perf_counter()
     c = Cohort(cfg, members, init)

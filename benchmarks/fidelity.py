@@ -18,6 +18,7 @@ from pathlib import Path
 
 from interventions import snapshot
 from interventions.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.levers import Lever
 
 W_C = 54.49
 CELLS = {  # name: (rho, tau, paper median t_grok, tolerance)
@@ -51,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         cohort = Cohort.from_state(snapshot.load(args.resume))
         print(f"resumed {args.resume} at step {cohort.step}", flush=True)
     else:
-        members = [MemberConfig(key=f"{n}/{s}", seed=s, tau=CELLS[n][1], clamp="absolute",
-                                target=CELLS[n][0] * W_C, t_int=500, budget=args.budget)
+        members = [MemberConfig(key=f"{n}/{s}", seed=s, budget=args.budget, lever=Lever(tau=CELLS[n][1], clamp="absolute", target=CELLS[n][0] * W_C, t_int=500))
                    for n in names for s in range(args.seeds)]
         cohort = Cohort(CohortConfig(p=59, loss="ce", precision="float32"), members)
     t0 = time.perf_counter()

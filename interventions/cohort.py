@@ -34,7 +34,7 @@ from .optim import AdamW
 # evaluation's (members x pairs x hidden) block, so a 150-member p=113 cohort evaluates in little memory.
 DEVICE_BLOCK = 1 << 28
 EVAL_BLOCK = 1 << 21
-FORMAT = "interventions.cohort/1"
+FORMAT = "interventions.cohort/2"  # 2: members carry a levers.Lever
 
 SHAPE_KEYS = ("p", "op", "train_fraction", "model", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp")
 
@@ -98,38 +98,22 @@ class CohortConfig:
 
 @dataclass
 class MemberConfig:
-    """One member = one (arm, seed)."""
-    key: str  # unique in the cohort, e.g. "clamp_raised/3"
+    """One member = one (arm, seed): its levers (levers.Lever) and when it stops."""
+    key: str  # unique in the cohort (a studies.MemberKey in a study, any hashable in tests)
     seed: int  # init + split seed
-    tau: float = 1.0
-    clamp: str = "none"  # none | absolute | n0 | alloc
-    target: float | None = None  # absolute weight_norm target (clamp=absolute; alloc: the total)
-    rho: float = 1.0  # clamp=n0 (and alloc without target): target = rho * N0
-    gamma: float = 0.0  # clamp=alloc: moves squared norm between E and the readout (levers.py)
-    t_int: int = 0  # first step (after the optimizer step) at which the clamp acts
+    lever: levers.Lever = levers.Lever()
     budget: int = 20000  # max step
     margin: int = 0  # steps to keep training after t_grok before retiring
     retire_group: str | None = None  # `retire: arm`: retire together, once every member of it has grokked
-    alloc_base: dict[str, float] | None = None  # clamp=alloc: base per-matrix norms (free control's)
 
     def __post_init__(self):
-        def bad(k, why):
-            raise ValueError(f"member {self.key!r}.{k}: {why}")
-        if self.clamp not in levers.CLAMPS:
-            bad("clamp", f"unknown clamp {self.clamp!r} (expected {' | '.join(levers.CLAMPS)})")
-        if self.clamp == "absolute" and (self.target is None or not self.target > 0):
-            bad("target", f"clamp=absolute needs a target > 0, got {self.target!r}")
-        if self.target is not None and not self.target > 0:
-            bad("target", f"must be > 0, got {self.target}")
-        if not (self.tau > 0 and math.isfinite(self.tau)):
-            bad("tau", f"must be a finite number > 0, got {self.tau}")
-        if not self.rho > 0:
-            bad("rho", f"must be > 0, got {self.rho}")
-        if not -1.0 < self.gamma < 1.0:
-            bad("gamma", f"must be in (-1, 1), got {self.gamma}")
-        if self.budget < 1 or self.margin < 0 or self.t_int < 0:
-            bad("budget/margin/t_int", f"need budget >= 1, margin >= 0, t_int >= 0; got "
-                f"{self.budget}, {self.margin}, {self.t_int}")
+        if self.budget < 1 or self.margin < 0:
+            raise ValueError(f"member {self.key!r}.budget/margin: need budget >= 1, margin >= 0; got "
+                             f"{self.budget}, {self.margin}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemberConfig":
+        return cls(**{**d, "lever": levers.Lever(**d["lever"])})
 
 
 @dataclass
@@ -152,7 +136,7 @@ class MemberState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MemberState":
-        return cls(member=MemberConfig(**d["member"]), cohort=CohortConfig(**d["cohort"]), step=d["step"],
+        return cls(member=MemberConfig.from_dict(d["member"]), cohort=CohortConfig(**d["cohort"]), step=d["step"],
                    adam_step=d["adam_step"], params=d["params"], exp_avg=d["exp_avg"],
                    exp_avg_sq=d["exp_avg_sq"], train_idx=d["train_idx"], record=d["record"])
 
@@ -260,7 +244,7 @@ class Cohort:
     def _rebuild(self) -> None:
         """Derived per-member tensors; after construction and after every compaction."""
         M = len(self.members)
-        self.tau = torch.tensor([m.tau for m in self.members], dtype=self.dtype, device=self.device)
+        self.tau = torch.tensor([m.lever.tau for m in self.members], dtype=self.dtype, device=self.device)
         self.inv_tau = 1.0 / self.tau
         n = self.cfg.p * self.cfg.p
         self.train_mask = torch.zeros(M, n, dtype=torch.bool, device=self.device)
@@ -662,7 +646,7 @@ class Cohort:
         self = cls.__new__(cls)
         self._setup(CohortConfig(**state["cfg"]))
         self.step, self.start_step, self.adam_step = state["step"], state["start_step"], state["adam_step"]
-        self.members = [MemberConfig(**m) for m in state["members"]]
+        self.members = [MemberConfig.from_dict(m) for m in state["members"]]
         dev = self.device
         self.P = {k: v.clone().to(dev) for k, v in state["params"].items()}
         self.m1 = {k: v.clone().to(dev) for k, v in state["exp_avg"].items()}

@@ -18,13 +18,65 @@ the target T, giving B_l. Then squared norm moves between the embedding and the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("ce", "mse")
-CLAMPS = ("none", "absolute", "n0", "alloc")
+CLAMPS = ("none", "w_c", "n0", "absolute", "alloc")  # the study file's kinds, also the engine's
+_KIND = {"none": 0, "w_c": 1, "n0": 1, "absolute": 1, "alloc": 2}  # engine code: none, total norm, per layer
+
+
+@dataclass(frozen=True)
+class Lever:
+    """An arm's levers, resolved once (interventions.derive) and applied unchanged to each of its members.
+
+    clamp: none | w_c (hold rho x w_c) | n0 (hold rho x N0) | absolute (hold `target`) | alloc (per-layer
+    allocation gamma at total rho x w_c, or rho x N0 without w_c). `target` is the total norm held when
+    known before training (absolute: given; w_c and alloc: rho x w_c, filled in here); None means rho x N0,
+    fixed by the engine at the first clamped step (`total`). t_int: first step at which the clamp acts.
+    """
+    clamp: str = "none"
+    rho: float = 1.0
+    tau: float = 1.0
+    gamma: float = 0.0
+    t_int: int = 0
+    target: float | None = None
+    w_c: float | None = None
+    alloc_base: dict[str, float] | None = None  # alloc: base per-matrix norms (the free control's)
+    tau_source: str = "given"
+
+    def __post_init__(self):
+        def bad(k, why):
+            raise ValueError(f"lever.{k}: {why}")
+        if self.clamp not in CLAMPS:
+            bad("clamp", f"unknown clamp {self.clamp!r} (expected {' | '.join(CLAMPS)})")
+        if self.target is None and self.w_c is not None and self.clamp in ("w_c", "alloc"):
+            object.__setattr__(self, "target", self.rho * self.w_c)
+        if self.clamp in ("absolute", "w_c") and self.target is None:
+            bad("target", f"clamp={self.clamp} needs a target > 0 ({'w_c' if self.clamp == 'w_c' else 'target'})")
+        if self.target is not None and not self.target > 0:
+            bad("target", f"must be > 0, got {self.target}")
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            bad("tau", f"must be a finite number > 0, got {self.tau}")
+        if not self.rho > 0:
+            bad("rho", f"must be > 0, got {self.rho}")
+        if not -1.0 < self.gamma < 1.0:
+            bad("gamma", f"must be in (-1, 1), got {self.gamma}")
+        if self.t_int < 0:
+            bad("t_int", f"must be >= 0, got {self.t_int}")
+
+    def total(self, n0: float) -> float:
+        """The total weight_norm held, given the norm N0 entering the first clamped step."""
+        return self.target if self.target is not None else self.rho * n0
+
+    def params(self) -> dict:
+        """The lever's MLflow params (t_int is None for a free arm)."""
+        return {"rho": self.rho, "tau": float(self.tau), "clamp": self.clamp, "gamma": self.gamma,
+                "t_int": None if self.clamp == "none" else self.t_int, "w_c": self.w_c,
+                "tau_source": self.tau_source}
 
 
 def _scaled(z: torch.Tensor, inv_tau: torch.Tensor) -> torch.Tensor:
@@ -89,12 +141,12 @@ class Clamp:
                  device: torch.device):
         self.matrices, self.alloc_layers = matrices, alloc_layers
         M, L = len(members), len(matrices)
-        self.kind = torch.tensor([{"none": 0, "absolute": 1, "n0": 1, "alloc": 2}[m.clamp] for m in members],
-                                 dtype=torch.long, device=device)
-        self.first = torch.tensor([max(m.t_int, start_step + 1) for m in members], dtype=torch.long, device=device)
+        lv = [m.lever for m in members]
+        self.kind = torch.tensor([_KIND[x.clamp] for x in lv], dtype=torch.long, device=device)
+        self.first = torch.tensor([max(x.t_int, start_step + 1) for x in lv], dtype=torch.long, device=device)
         nan = float("nan")
-        self.target = torch.tensor([m.target if m.clamp == "absolute" and m.target is not None else nan
-                                    for m in members], dtype=torch.float64, device=device)
+        self.target = torch.tensor([nan if x.target is None else x.target for x in lv], dtype=torch.float64,
+                                   device=device)
         self.N0 = torch.full((M,), nan, dtype=torch.float64, device=device)
         self.layer_target = torch.full((M, L), nan, dtype=torch.float64, device=device)
 
@@ -116,17 +168,17 @@ class Clamp:
         """
         rows = ((self.first == step) & (self.kind > 0)).nonzero().flatten().tolist()
         for i in rows:
-            m = members[i]
+            m, lv = members[i], members[i].lever
             layer = sq[i].double().sqrt().tolist()
             n0 = math.sqrt(sum(x * x for x in layer))
             self.N0[i] = n0
-            total = m.target if m.target is not None and m.clamp in ("absolute", "alloc") else m.rho * n0
+            total = lv.total(n0)
             self.target[i] = total
-            if m.clamp == "alloc":
-                base = [m.alloc_base[n] for n in self.matrices] if m.alloc_base else layer
+            if lv.clamp == "alloc":
+                base = [lv.alloc_base[n] for n in self.matrices] if lv.alloc_base else layer
                 ie, ir = (self.matrices.index(n) for n in self.alloc_layers)
                 try:
-                    self.layer_target[i] = torch.tensor(alloc_targets(base, total, m.gamma, ie, ir),
+                    self.layer_target[i] = torch.tensor(alloc_targets(base, total, lv.gamma, ie, ir),
                                                         dtype=torch.float64)
                 except ValueError as err:
                     raise ValueError(f"member {m.key}: {err}") from None

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from interventions import levers
 from interventions.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.levers import Lever
 
 TINY = dict(p=7, d_embed=8, d_hidden=16, d_model=8, n_heads=2, d_mlp=16, precision="float64")
 MODELS = ["mlp", "transformer", "transformer_noln"]
@@ -14,7 +15,7 @@ MODELS = ["mlp", "transformer", "transformer_noln"]
 
 def make(model="mlp", loss="ce", taus=(1.0, 1.7), **kw) -> Cohort:
     cfg = CohortConfig(**{**TINY, "model": model, "loss": loss, **kw})
-    return Cohort(cfg, [MemberConfig(key=f"m/{i}", seed=i, tau=t) for i, t in enumerate(taus)])
+    return Cohort(cfg, [MemberConfig(key=f"m/{i}", seed=i, lever=Lever(tau=t)) for i, t in enumerate(taus)])
 
 
 def rows(c: Cohort, i: int) -> dict:
@@ -72,7 +73,7 @@ def test_tau_divides_the_logits_before_the_loss():
     want = torch.stack([F.cross_entropy(z[i] / tau[i], y[i, :, 0]) for i in range(2)])
     assert torch.allclose(got, want, rtol=1e-12)
     # same params, tau 1 vs 1.7: the measured logit_scale (post-tau) scales by 1 / tau, accuracy does not move
-    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="t1", seed=3, tau=1.0), MemberConfig(key="t17", seed=3, tau=1.7)])
+    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="t1", seed=3, lever=Lever(tau=1.0)), MemberConfig(key="t17", seed=3, lever=Lever(tau=1.7))])
     ev = c._evaluate(full=True)
     assert ev["logit/scale"][1].item() == pytest.approx(ev["logit/scale"][0].item() / 1.7, rel=1e-12)
     assert ev["train/acc"][0] == ev["train/acc"][1]
@@ -107,7 +108,7 @@ def test_init_follows_the_paper():
 def test_engine_step_matches_plain_pytorch_adamw():
     """One member trained by the engine = the same MLP as nn.Modules with torch.optim.AdamW."""
     cfg = CohortConfig(**{**TINY, "lr": 1e-2})
-    c = Cohort(cfg, [MemberConfig(key="m", seed=5, tau=1.3)])
+    c = Cohort(cfg, [MemberConfig(key="m", seed=5, lever=Lever(tau=1.3))])
     P0 = one(c, 0)
     E = torch.nn.Parameter(P0["E"].clone())
     l1, l2 = torch.nn.Linear(16, 16).double(), torch.nn.Linear(16, 7).double()

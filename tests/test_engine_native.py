@@ -10,6 +10,7 @@ import torch
 
 from interventions import levers, models, native
 from interventions.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.levers import Lever
 
 SMALL = dict(p=13, d_embed=16, d_hidden=24, lr=1e-2, log_every=25)  # d_hidden: 3 vectors of 8 (no 16-block)
 GROKS = dict(p=23, train_fraction=0.7, d_embed=32, d_hidden=64, lr=1e-2, weight_decay=3.0, log_every=100)
@@ -26,7 +27,7 @@ def kernels():
 
 
 def members(n=3, **kw):
-    return [MemberConfig(key=f"m{i}", seed=i, tau=(1.0, 1.7, 1.3)[i % 3], **kw) for i in range(n)]
+    return [MemberConfig(key=f"m{i}", seed=i, **kw, lever=Lever(tau=(1.0, 1.7, 1.3)[i % 3])) for i in range(n)]
 
 
 def test_auto_picks_native_where_it_applies_and_aten_elsewhere(kernels):
@@ -96,7 +97,7 @@ def test_a_member_does_not_depend_on_its_cohort_mates_or_the_thread_count(kernel
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        alone = Cohort(cfg, [MemberConfig(key="m1", seed=1, tau=1.7)])
+        alone = Cohort(cfg, [MemberConfig(key="m1", seed=1, lever=Lever(tau=1.7))])
         alone.run(until=60)
         torch.set_num_threads(2)
         crowd = Cohort(cfg, members(3))
@@ -187,7 +188,7 @@ def test_a_cohort_in_softmax_collapse_follows_the_aten_path(kernels):
     both paths give the same sc_frac curves (within one training pair at every log step; the old kernels,
     which flushed subnormals and summed the softmax their own way, were 4 pairs off) and the same t_grok."""
     cfg = dict(GROKS, log_every=100)
-    ms = [MemberConfig(key=f"w{w}/{s}", seed=s, clamp="absolute", target=float(w), t_int=400, budget=2000)
+    ms = [MemberConfig(key=f"w{w}/{s}", seed=s, budget=2000, lever=Lever(clamp="absolute", target=float(w), t_int=400))
           for w in (36, 44, 48) for s in (0, 1)]
     runs = {}
     for k in ("aten", "native"):
