@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from tracking.conventions import l_at_grok, majority, nearest_logged
+from tracking.conventions import l_at_grok, majority, median, nearest_logged
 
 NUMERIC = ["p", "rho", "tau", "gamma", "seed", "fork_step", "t_int", "w_c", "weight_decay", "budget",
            "t_mem", "t_grok", "delay", "grokked", "diverged", "logit_scale_at_grok", "weight_norm_at_grok",
@@ -108,8 +108,7 @@ def _nan(x: float | None) -> float:
 
 
 def _median(x: pd.Series) -> float:
-    x = pd.to_numeric(x, errors="coerce").dropna()
-    return float(np.median(x)) if len(x) else np.nan
+    return _nan(median(pd.to_numeric(x, errors="coerce")))
 
 
 def group_label(row) -> str:

@@ -97,63 +97,72 @@ def _add(specs, notes, label, base, up, sweep, matched, time):
                   "matched": m.iloc[0]["cell"] if len(m) else None, "time": time})
 
 
-def collapse_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+def _per_group(cells: pd.DataFrame, find) -> tuple[list[dict], list[str]]:
+    """(specs, notes) of find(label, group) -> (spec or None, [notes]) over the cell groups."""
     specs, notes = [], []
     for label, g in cells.groupby("group", sort=False):
-        plain = _plain_clamped(g)
-        if plain["rho"].nunique() < 2 or plain["tau"].nunique() < 2:
-            continue
-        ok = plain[plain["majority"]]
-        if len(ok) < 4:
-            notes.append(f"collapse ({label}): only {len(ok)} grid cells with a grokking majority (needs >= 4)")
-            continue
-        specs.append({"group": label, "cells": list(ok["cell"])})
+        spec, why = find(label, g)
+        specs += [spec] if spec is not None else []
+        notes += why
     return specs, notes
+
+
+def _collapse(label, g):
+    plain = _plain_clamped(g)
+    if plain["rho"].nunique() < 2 or plain["tau"].nunique() < 2:
+        return None, []
+    ok = plain[plain["majority"]]
+    if len(ok) < 4:
+        return None, [f"collapse ({label}): only {len(ok)} grid cells with a grokking majority (needs >= 4)"]
+    return {"group": label, "cells": list(ok["cell"])}, []
+
+
+def _dose(label, g):
+    plain = _plain_clamped(g)
+    plain = plain[_eq(plain["tau"], 1.0)]
+    if plain["rho"].nunique() >= 4:
+        return {"group": label, "cells": list(plain["cell"])}, []
+    return None, [f"dose law ({label}): only 3 rho values at tau 1 (needs >= 4)"] if plain["rho"].nunique() == 3 else []
+
+
+def _allocation(label, g):
+    alloc = g[~g["forked"] & ((g["clamp"].str.lower() == "alloc") | ~_eq(g["gamma"], 0.0))]
+    if not len(alloc):
+        return None, []
+    if alloc.loc[alloc["majority"], "gamma"].nunique() < 2:
+        return None, [f"allocation ({label}): fewer than 2 gamma values with a grokking majority"]
+    return {"group": label, "cells": list(alloc["cell"])}, []
+
+
+def _fork(label, g):
+    f = g[g["forked"] & g["role"].isin(list(FORK_ROLES))]
+    if not len(f):
+        return None, []
+    arms = {FORK_ROLES[r]: f.loc[f["role"] == r, "cell"].iloc[0] for r in FORK_ROLES if (f["role"] == r).any()}
+    if "clamp_same" not in arms or "clamp_raised" not in arms:
+        return None, [f"fork ({label}): needs fork_same and fork_raised arms; found {sorted(arms)}"]
+    pair = [f.loc[f["cell"] == arms[r]].iloc[0] for r in ("clamp_same", "clamp_raised")]
+    weak = [r for r in pair if not r["majority"]]
+    if weak:
+        return None, [f"fork ({label}): " + "; ".join(
+            f"{r['arm']} has no grokking majority ({r['n_grokked']}/{r['n_seeds']} seeds grokked)" for r in weak)]
+    return {"group": label, "arms": arms}, []
+
+
+def collapse_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    return _per_group(cells, _collapse)
 
 
 def dose_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    specs, notes = [], []
-    for label, g in cells.groupby("group", sort=False):
-        plain = _plain_clamped(g)
-        plain = plain[_eq(plain["tau"], 1.0)]
-        if plain["rho"].nunique() >= 4:
-            specs.append({"group": label, "cells": list(plain["cell"])})
-        elif plain["rho"].nunique() == 3:
-            notes.append(f"dose law ({label}): only 3 rho values at tau 1 (needs >= 4)")
-    return specs, notes
+    return _per_group(cells, _dose)
 
 
 def allocation_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    specs, notes = [], []
-    for label, g in cells.groupby("group", sort=False):
-        alloc = g[~g["forked"] & ((g["clamp"].str.lower() == "alloc") | ~_eq(g["gamma"], 0.0))]
-        if not len(alloc):
-            continue
-        if alloc.loc[alloc["majority"], "gamma"].nunique() < 2:
-            notes.append(f"allocation ({label}): fewer than 2 gamma values with a grokking majority")
-            continue
-        specs.append({"group": label, "cells": list(alloc["cell"])})
-    return specs, notes
+    return _per_group(cells, _allocation)
 
 
 def fork_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    specs, notes = [], []
-    for label, g in cells.groupby("group", sort=False):
-        f = g[g["forked"] & g["role"].isin(list(FORK_ROLES))]
-        if not len(f):
-            continue
-        arms = {FORK_ROLES[r]: f.loc[f["role"] == r, "cell"].iloc[0] for r in FORK_ROLES if (f["role"] == r).any()}
-        if "clamp_same" not in arms or "clamp_raised" not in arms:
-            notes.append(f"fork ({label}): needs fork_same and fork_raised arms; found {sorted(arms)}")
-            continue
-        pair = [f.loc[f["cell"] == arms[r]].iloc[0] for r in ("clamp_same", "clamp_raised")]
-        weak = [r for r in pair if not r["majority"]]
-        if weak:
-            notes.append(f"fork ({label}): " + "; ".join(
-                f"{r['arm']} has no grokking majority ({r['n_grokked']}/{r['n_seeds']} seeds grokked)" for r in weak))
-            continue
-        specs.append({"group": label, "arms": arms})
-    return specs, notes
+    return _per_group(cells, _fork)
 
 
 def precision_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:

@@ -20,6 +20,15 @@ def _save(fig, path: Path) -> str:
     return str(path)
 
 
+def _log_fit(ax, x: np.ndarray, y: np.ndarray, label: str, xlabel: str, title: str) -> None:
+    """The fitted exponential law as a dashed line over a log-scale t_grok axis, labelled."""
+    ax.plot(x, y, "k--", lw=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("median t_grok (log scale)")
+    ax.set_title(title, fontsize=9)
+
+
 def slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_").lower()
 
@@ -35,13 +44,10 @@ def collapse_figure(res: dict, path: Path) -> str:
                         vmin=cells["rho"].min(), vmax=cells["rho"].max())
         ax.scatter([], [], marker=markers[tau], color="grey", label=f"tau {tau:g}")  # legend proxy
     x = np.linspace(cells["L"].min(), cells["L"].max(), 50)
-    ax.plot(x, np.exp(res["intercept_logit"] + res["slope_logit"] * x), "k--", lw=1,
-            label=f"ln T = a + b L, R$^2$ {res['r2_logit']:.3f}")
-    ax.set_yscale("log")
-    ax.set_xlabel("logit scale L at grok")
-    ax.set_ylabel("median t_grok (log scale)")
-    ax.set_title(f"collapse, p={res['p']:g}: R$^2$ L {res['r2_logit']:.3f}, rho {res['r2_rho']:.3f}, "
-                 f"both {res['r2_both']:.3f}", fontsize=9)
+    _log_fit(ax, x, np.exp(res["intercept_logit"] + res["slope_logit"] * x),
+             f"ln T = a + b L, R$^2$ {res['r2_logit']:.3f}", "logit scale L at grok",
+             f"collapse, p={res['p']:g}: R$^2$ L {res['r2_logit']:.3f}, rho {res['r2_rho']:.3f}, "
+             f"both {res['r2_both']:.3f}")
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="rho")
     ax.legend(fontsize=7)
@@ -98,12 +104,8 @@ def dose_figure(res: dict, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(cells["W"], cells["t_grok"], "o", label="collapse-free cells")
     x = np.linspace(cells["W"].min(), cells["W"].max(), 50)
-    ax.plot(x, np.exp(res["c"] + res["alpha"] * x), "k--", lw=1,
-            label=f"ln T = c + {res['alpha']:.3f} W, R$^2$ {res['r2']:.3f}")
-    ax.set_yscale("log")
-    ax.set_xlabel("weight norm W")
-    ax.set_ylabel("median t_grok (log scale)")
-    ax.set_title(f"dose law, p={res['p']:g}: n {res['n']}, delta AIC {res['delta_aic']:.2f}", fontsize=9)
+    _log_fit(ax, x, np.exp(res["c"] + res["alpha"] * x), f"ln T = c + {res['alpha']:.3f} W, R$^2$ {res['r2']:.3f}",
+             "weight norm W", f"dose law, p={res['p']:g}: n {res['n']}, delta AIC {res['delta_aic']:.2f}")
     ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.mediation import ASSUMPTIONS
+from tracking.conventions import GROK_THRESHOLD
 
 
 def _f(x, digits: int = 3) -> str:
@@ -26,8 +27,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-CONVENTIONS = """## Conventions
-- A cell is one arm; it counts when more than half of its seeds grok (test accuracy >= 0.90).
+CONVENTIONS = f"""## Conventions
+- A cell is one arm; it counts when more than half of its seeds grok (test accuracy >= {GROK_THRESHOLD:.2f}).
 - T = median over grokked seeds (numpy median; even counts average the two middle values); in a fork
   design T is the median delay from the fork (t_grok - fork_step).
 - L at grok = the arm's seed-mean `logit/scale` curve at the logged step nearest the cell's median t_grok

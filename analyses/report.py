@@ -158,7 +158,7 @@ def log_report(uri: str, experiment: str, files: list[Path], summary: str) -> st
     studies = load_runs(experiment, uri, role="study")
     parent = studies["run_id"].iloc[0] if len(studies) == 1 else None
     study = studies["study"].iloc[0] if len(studies) == 1 else experiment
-    rec = Recorder(uri, experiment, background=False)
+    rec = Recorder(uri, experiment)
     try:
         run_id = rec.run("report", "report", parent_id=parent, tags={"study": study}, description=summary)
         for f in files:

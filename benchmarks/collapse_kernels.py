@@ -19,6 +19,7 @@ from pathlib import Path
 from interventions import snapshot
 from interventions.cohort import Cohort, CohortConfig, MemberConfig, MemberState
 from interventions.levers import Lever
+from interventions.vocab import MemberKey
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,12 +32,12 @@ def main(argv: list[str] | None = None) -> dict:
     state = json.loads((args.snapshots / "state.json").read_text())
     arm = state["arms"][args.arm]
     prm, recorded = arm["params"], {r["seed"]: r for r in arm["results"]}
-    fork = f"{prm['fork_from']}@" + next(k.split("@", 1)[1] for k in state["forks"]
-                                         if k.startswith(prm["fork_from"] + "@"))
+    lever = Lever(**state["levers"][args.arm])      # the arm's lever record, as the study trained it
+    fork = next(k for k in state["forks"] if k.startswith(prm["fork_from"] + "@"))
     states = snapshot.load(args.snapshots / "forks" / f"{fork}.pt")["members"]
     init = [MemberState.from_dict(states[s]) for s in sorted(recorded)]
     cfg = CohortConfig(**{**init[0].to_dict()["cohort"], "kernels": args.kernels})
-    members = [MemberConfig(key=f"{args.arm}/{s}", seed=s, budget=prm["budget"], lever=Lever(tau=prm["tau"], clamp=prm["clamp"], rho=prm["rho"], gamma=prm["gamma"], t_int=prm["t_int"] or 0))
+    members = [MemberConfig(key=MemberKey(args.arm, s), seed=s, budget=prm["budget"], lever=lever)
                for s in sorted(recorded)]
     t0 = time.perf_counter()
     c = Cohort(cfg, members, init)

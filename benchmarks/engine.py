@@ -124,9 +124,14 @@ def main(argv: list[str] | None = None) -> dict:
     for s in ("engine", "reference"):
         print(f"{s:10} {rate[s]:15.1f} {cpu_ms[s]:19.2f}   ({steps[s]} steps in {wall[s]:.1f} s)")
     print(f"{'ratio':10} {out['ratio']:14.2f}x {out['cpu_ratio']:18.2f}x")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return write_json(args.json, out)
+
+
+def write_json(path: Path | None, out: dict) -> dict:
+    """The figures `out`, also written to `path` as JSON when one is given (--json)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -11,11 +11,11 @@ continues from it when rerun.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
+from benchmarks.engine import write_json
 from interventions import snapshot
 from interventions.cohort import Cohort, CohortConfig, MemberConfig
 from interventions.levers import Lever
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         cohort = Cohort.from_state(snapshot.load(args.resume))
         print(f"resumed {args.resume} at step {cohort.step}", flush=True)
     else:
-        members = [MemberConfig(key=f"{n}/{s}", seed=s, budget=args.budget, lever=Lever(tau=CELLS[n][1], clamp="absolute", target=CELLS[n][0] * W_C, t_int=500))
+        levers = {n: Lever(tau=CELLS[n][1], clamp="absolute", target=CELLS[n][0] * W_C, t_int=500) for n in names}
+        members = [MemberConfig(key=f"{n}/{s}", seed=s, budget=args.budget, lever=levers[n])
                    for n in names for s in range(args.seeds)]
         cohort = Cohort(CohortConfig(p=59, loss="ce", precision="float32"), members)
     t0 = time.perf_counter()
@@ -82,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{n:10} {rho:5.2f} {tau:4.1f} {fmt(t_mem):>7} {fmt(t_grok):>8} {paper:7d} "
               f"{'-' if err is None else f'{err:+.1%}':>8}  {'PASS' if ok else 'FAIL'} (+-{tol:.0%})")
     print(f"wall {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return write_json(args.json, out)
 
 
 if __name__ == "__main__":

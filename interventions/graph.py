@@ -1,18 +1,15 @@
 """The intervention graph: arms (nodes), fork edges (state) and derivation edges (data), expanded from a
 validated Study: sweeps become one arm each, a list of moduli replicates the graph, derived levers (the
-logit-matched tau, w_c) are computed from finished arms' results. Checks what pydantic cannot: unknown or
-duplicate arms, cycles, fork steps beyond a budget."""
+logit-matched tau, w_c) name the arms they need (derive.py computes them). Checks what pydantic cannot:
+unknown or duplicate arms, cycles, fork steps beyond a budget."""
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
-import numpy as np
-
-from tracking import conventions
-
-from .spec import Arm, LogitMatched, NormAtGrok, SpecError, Study
+from .schema import Arm, LogitMatched, NormAtGrok, SpecError, Study
+from .vocab import ForkPoint
 
 
 @dataclass
@@ -45,6 +42,19 @@ class ArmNode:
     @property
     def forked(self) -> bool:
         return self.parent is not None
+
+    @property
+    def fork(self) -> ForkPoint | None:
+        return ForkPoint(self.parent, self.fork_at, self.fork_when) if self.forked else None
+
+    def clamp_start(self, fork_step: int | None = None) -> int:
+        """First clamped step: t_int if given, else the fork step of a forked arm (its planned `fork_at`
+        until the fork step is known), else 0."""
+        if self.t_int is not None:
+            return self.t_int
+        if self.forked:
+            return fork_step if fork_step is not None else self.fork_at
+        return 0
 
     @property
     def deps(self) -> list[str]:
@@ -93,69 +103,13 @@ class Graph:
             raise SpecError(self.study.source, a.path,
                             "cycle in the graph: " + " -> ".join(cycle)) from None
 
-    def cohort_key(self, name: str) -> tuple:
-        """What members must share to train as one batched tensor program."""
-        a, d = self.arms[name], self.study.defaults
-        return (a.p, d.task.op, d.task.train_fraction, *d.model.model_dump().values(), a.loss, a.precision,
-                *d.optimizer.model_dump().values(), d.eval_every, d.log_every, d.mem_threshold,
-                d.grok_threshold)
-
-    # ------------------------------------------------------------ text
-    def describe(self, name: str, fork_step: int | None = None) -> str:
-        """One line per arm, e.g. 'clamp at 1.15 x N0 from step 800, tau 1; forks trunk@800'."""
+    def cohort_settings(self, name: str) -> dict:
+        """What members must share to train as one batched tensor program (the CohortConfig fields)."""
         a = self.arms[name]
-        tau = _fmt_tau(a.tau)
-        if a.trunk:
-            kids = ", ".join(self.children(name))
-            at = self.trunk_until(name)
-            return (f"trunk: free from init to the fork point (step {fork_step if fork_step is not None else at}"
-                    f"{'' if fork_step is not None else ', first eval step with every seed memorized'}), "
-                    f"tau {tau}; shared state of {kids}")
-        start = a.t_int if a.t_int is not None else (fork_step if fork_step is not None else
-                                                     (a.fork_at if a.forked else 0))
-        ref = {"n0": "N0", "w_c": "w_c", "alloc": "w_c"}.get(a.clamp)
-        if a.clamp == "none":
-            lever = "free (no clamp)"
-        elif a.clamp == "absolute":
-            lever = f"clamp at weight_norm {a.target:g} from step {start}"
-        elif a.clamp == "alloc":
-            lever = f"allocation clamp gamma {a.gamma:g} at {a.rho:g} x w_c from step {start}"
-        else:
-            lever = f"clamp at {a.rho:g} x {ref} from step {start}"
-        if a.forked:
-            at = fork_step if fork_step is not None else a.fork_at
-            where = f"forks {a.parent}@{at}" + ("" if fork_step is not None or a.fork_when == "step"
-                                                  else " (first eval step with all memorized)")
-        else:
-            where = "from init"
-        return f"{lever}, tau {tau}; {where}"
+        return self.study.defaults.cohort(a.p, a.loss, a.precision)
 
     def trunk_until(self, name: str) -> int:
         return max(self.arms[c].fork_at for c in self.children(name))
-
-    def render(self) -> str:
-        """Dry-run listing: arms in run order with forks, derivations, members and budgets."""
-        st, d = self.study, self.study.defaults
-        n_members = sum(len(a.seeds) for a in self.arms.values())
-        lines = [f"study {st.study} (design {st.design}, preset {st.preset or 'none'}) from {st.source}",
-                 f"  task p={_ps(st)} op={d.task.op} train_fraction={d.task.train_fraction:g}; "
-                 f"model {d.model.kind}; loss {d.loss}; {d.precision}; lr {d.optimizer.lr:g}, "
-                 f"weight_decay {d.optimizer.weight_decay:g}; eval every {d.eval_every}, "
-                 f"log every {d.log_every}",
-                 f"  {len(self.arms)} arms, {n_members} members, seeds {d.seed_list()}; retire: {d.retire} "
-                 f"({'every seed of an arm trains until all have grokked' if d.retire == 'arm' else 'each seed at its own t_grok'})",
-                 "  run order (arm | design_role | members | budget | levers; edges):"]
-        for name in self.order:
-            a = self.arms[name]
-            deps = f"; derives from {', '.join(a.deps)}" if a.deps else ""
-            budget = f"to fork (<= {a.budget})" if a.trunk else f"{a.budget}"
-            lines.append(f"    {name:<28} {a.role or '-':<14} {len(a.seeds):>3} members  budget {budget:<14} "
-                         f"{self.describe(name)}{deps}")
-        waves = self.waves()
-        lines.append("  cohorts (each packs arms with the same shapes and start step):")
-        for i, wave in enumerate(waves, 1):
-            lines.append(f"    wave {i}: " + " | ".join(", ".join(g) for g in wave))
-        return "\n".join(lines)
 
     def waves(self, done: set[str] = frozenset()) -> list[list[list[str]]]:
         """Planned waves: arms whose upstream is done, grouped into cohorts by (shapes, start point)."""
@@ -173,18 +127,7 @@ class Graph:
     def start_key(self, name: str) -> tuple:
         """Arms share a cohort when shapes and start point match (a trunk stops early: its own cohort)."""
         a = self.arms[name]
-        return (self.cohort_key(name), a.parent, a.fork_at, a.fork_when, a.trunk)
-
-
-def _fmt_tau(tau) -> str:
-    if isinstance(tau, LogitMatched):
-        return f"logit-matched to {tau.target}"
-    return f"{tau:g}"
-
-
-def _ps(st: Study) -> str:
-    p = st.defaults.task.p
-    return ",".join(map(str, p)) if isinstance(p, list) else str(p)
+        return (tuple(self.cohort_settings(name).items()), a.parent, a.fork_at, a.fork_when, a.trunk)
 
 
 # ---------------------------------------------------------------- building
@@ -312,102 +255,3 @@ def _check_fork(study: Study, arms: dict[str, ArmNode], node: ArmNode) -> None:
         if mine != theirs:
             raise SpecError(file, f"{node.path}.{key}", f"a fork keeps the parent's {key} "
                             f"({theirs}); got {mine}")
-
-
-# ---------------------------------------------------------------- derived levers
-def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
-    """Resolve the derived levers of arm `name` from finished arms (`done`: arm -> its state entry, with
-    `results` and `summary`). Returns {lever: value, ...} with how each was derived; raises RuntimeError
-    if impossible. Statistics: tracking.conventions (the analyses score the arms with the same ones)."""
-    a, out = graph.arms[name], {}
-    if isinstance(a.tau, LogitMatched):
-        out["tau"], out["tau_source"] = logit_matched_tau(graph, a, done)
-    if isinstance(a.w_c, NormAtGrok):
-        ref = a.derive_from["w_c"][0]
-        results = done[ref]["results"]
-        w = conventions.w_c(results)
-        if w is None:
-            raise RuntimeError(f"arm {name}: w_c needs {ref} to grok in a majority of seeds; it did not")
-        out["w_c"] = float(w)
-        out["w_c_at_grok"] = conventions.median(r.get("weight_norm_at_grok") for r in results
-                                                if conventions.grokked(r))
-    return out
-
-
-def _cell_L(summary: dict) -> float | None:
-    """The cell's "L at grok" (tracking.conventions.l_at_grok), None without a grokking majority."""
-    return summary.get("logit_scale_at_grok") if summary.get("majority") else None
-
-
-def logit_matched_tau(graph: Graph, node: ArmNode, done: dict[str, dict]) -> tuple[float, str]:
-    """Interpolate tau at the target's "L at grok" over the sweep arms' (L at grok, tau) points."""
-    target, sweep = node.derive_from["tau_target"][0], node.derive_from["tau"]
-    L_target = _cell_L(done[target]["summary"])
-    if L_target is None:
-        raise RuntimeError(f"arm {node.name}: {target} did not grok in a majority of seeds; "
-                           "no logit_scale to match")
-    pts = []
-    for s in sweep:
-        L = _cell_L(done[s]["summary"])
-        if L is not None:
-            pts.append((L, float(graph.arms[s].tau)))
-    if len(pts) < 2:
-        raise RuntimeError(f"arm {node.name}: fewer than two sweep arms grokked in a majority of seeds "
-                           f"({len(pts)}); cannot interpolate tau")
-    pts.sort()
-    L, tau = np.array([x for x, _ in pts]), np.array([t for _, t in pts])
-    how = "interpolated"
-    if L_target < L[0] or L_target > L[-1]:
-        # outside the sweep: extend the nearest segment linearly (said in tau_source)
-        i = 0 if L_target < L[0] else len(L) - 2
-        value = tau[i] + (tau[i + 1] - tau[i]) * (L_target - L[i]) / (L[i + 1] - L[i])
-        how = "extrapolated"
-    else:
-        value = float(np.interp(L_target, L, tau))
-    value = float(value)
-    if not value > 0:
-        raise RuntimeError(f"arm {node.name}: logit-matched tau came out {value:.3g} (not > 0)")
-    src = (f"derived:logit_matched(target={target} L={L_target:.4g}, {how} over "
-           f"{len(pts)} sweep arms {','.join(sweep)})")
-    return round(value, 6), src
-
-
-# ---------------------------------------------------------------- picture
-def draw_graph(graph: Graph, path, fork_steps: dict | None = None) -> None:
-    """PNG of the graph: arms as boxes by dependency depth, fork edges solid, derivation edges dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    depth: dict[str, int] = {}
-    for n in graph.order:
-        depth[n] = 1 + max((depth[u] for u in graph.upstream(n)), default=-1)
-    cols: dict[int, list[str]] = {}
-    for n in graph.order:
-        cols.setdefault(depth[n], []).append(n)
-    tall = max(len(v) for v in cols.values())
-    pos = {n: (3.2 * d, (len(names) - 1) / 2 - i) for d, names in cols.items() for i, n in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(3.4 * len(cols) + 1, 0.62 * tall + 1.4))
-    boxes = {}
-    for n, (x, y) in pos.items():
-        a = graph.arms[n]
-        lever = "trunk" if a.trunk else ("free" if a.clamp == "none" else f"{a.clamp} x{a.rho:.4g}")
-        tau = "tau*" if isinstance(a.tau, LogitMatched) else f"tau {a.tau:g}"
-        boxes[n] = ax.text(x, y, f"{n}\n{lever}, {tau}", ha="center", va="center", fontsize=7,
-                           bbox=dict(boxstyle="round,pad=0.3", fc="#dce9f5" if a.forked or a.trunk
-                                     else "#f5e6dc", ec="black", lw=0.6))
-    for src, dst, kind in graph.edges():
-        ax.annotate("", xy=(0, 0.5), xycoords=boxes[dst], xytext=(1, 0.5), textcoords=boxes[src],
-                    arrowprops=dict(arrowstyle="->", lw=0.8, color="black" if kind == "fork" else "grey",
-                                    ls="-" if kind == "fork" else "--", shrinkA=4, shrinkB=4))
-    note = "solid: fork (state)   dashed: derived lever (data)"
-    if fork_steps:
-        note += "   forks: " + ", ".join(f"{k.rstrip('m')}={v}" for k, v in fork_steps.items())
-    ax.set_title(f"{graph.study.study} ({graph.study.design})", fontsize=9)
-    ax.text(0.5, -0.02, note, transform=ax.transAxes, ha="center", va="top", fontsize=7)
-    ax.set_xlim(-1.6, 3.2 * (len(cols) - 1) + 1.6)
-    ax.set_ylim(-(tall + 1) / 2, (tall + 1) / 2)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .vocab import CLAMPS
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("ce", "mse")
-CLAMPS = ("none", "w_c", "n0", "absolute", "alloc")  # the study file's kinds, also the engine's
 _KIND = {"none": 0, "w_c": 1, "n0": 1, "absolute": 1, "alloc": 2}  # engine code: none, total norm, per layer
 
 
@@ -83,12 +84,22 @@ def _scaled(z: torch.Tensor, inv_tau: torch.Tensor) -> torch.Tensor:
     return z * inv_tau.view(-1, *([1] * (z.dim() - 1)))
 
 
+def pair_losses(s: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-pair loss (...) of post-tau logits s (..., p) with labels y (..., 1), as the evaluation sums it:
+    ce as logsumexp(s) - s_y; mse as the sum over classes of (s - onehot)^2."""
+    if kind == "ce":
+        return torch.logsumexp(s, -1) - s.gather(-1, y).squeeze(-1)
+    return (s - F.one_hot(y.squeeze(-1), s.shape[-1]).to(s.dtype)).pow(2).sum(-1)
+
+
 def loss_values(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-member loss (c,) of logits z (c, N, p) with labels y (c, N, 1); differentiable."""
+    """Per-member loss (c,) of logits z (c, N, p) with labels y (c, N, 1); differentiable. mse: the mean of
+    pair_losses. ce: through log_softmax, which rounds differently from pair_losses' logsumexp form in the
+    last bits; the transformer's training (autograd of this) keeps these bits, the evaluation those."""
     s = _scaled(z, inv_tau)
     if kind == "ce":
         return -torch.log_softmax(s, -1).gather(-1, y).squeeze(-1).mean(1)
-    return (s - F.one_hot(y.squeeze(-1), s.shape[-1]).to(s.dtype)).pow(2).sum(-1).mean(1)
+    return pair_losses(s, y, kind).mean(1)
 
 
 def loss_and_dlogits(z: torch.Tensor, y: torch.Tensor, inv_tau: torch.Tensor, kind: str

@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {study.source}: --tracking-uri: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        from .scheduler import snapshot_dir
-        print(graph.render())
+        from .runner import snapshot_dir
+        from .views import render
+        print(render(graph))
         print(f"  tracking: {uri}, experiment {experiment!r}; snapshots in {snapshot_dir(uri, experiment)}")
         print("dry run: nothing trained, nothing written")
         return 0
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {study.source}: --device: cuda requested but no CUDA device is available",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
-    from .scheduler import ResumeError, run_study
+    from .runner import ResumeError, run_study
     try:
         run_study(graph, uri=uri, experiment=experiment, device=args.device, fresh=args.fresh,
                   progress=not args.no_progress)

@@ -42,8 +42,9 @@ def seed_mean_curves(member_curves) -> dict[str, list[tuple[int, float]]]:
     return {k: seed_mean_curve(c.get(k, []) for c in member_curves) for k in keys}
 
 
-def dense_curves_csv(arm: str, member_curves: dict[str, dict]) -> str:
-    """One row per (seed, step), one column per curve key; empty where a key has no value."""
+def dense_curves_csv(arm: str, member_curves: dict) -> str:
+    """One row per (seed, step), one column per curve key; empty where a key has no value.
+    member_curves: {vocab.MemberKey: curves}."""
     keys = sorted({k for c in member_curves.values() for k in c})
     buf = io.StringIO()
     buf.write(",".join(["arm", "seed", "step", *keys]) + "\n")
@@ -52,7 +53,7 @@ def dense_curves_csv(arm: str, member_curves: dict[str, dict]) -> str:
         for k, pts in curves.items():
             for s, v in pts:
                 by_step.setdefault(s, {})[k] = v
-        seed = mkey.rsplit("/", 1)[1]
+        seed = str(mkey.seed)
         for s in sorted(by_step):
             row = by_step[s]
             buf.write(",".join([arm, seed, str(s), *(repr(row[k]) if k in row else "" for k in keys)]) + "\n")

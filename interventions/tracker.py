@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from .summary import dense_curves_csv, member_summary, seed_mean_curves
+from .vocab import MemberKey
 
 
 class NullRecorder:
@@ -45,7 +46,7 @@ class Tracker:
         self.rec, self.study = rec, study
         self.study_run: str | None = None
         self.arm_runs: dict[str, str] = {}
-        self.member_runs: dict[str, str] = {}     # member key "arm/seed" -> run id
+        self.member_runs: dict[MemberKey, str] = {}
         self.open_runs: list[str] = []
 
     def _tags(self, arm: str | None = None, seed: int | None = None, design_role: str | None = None) -> dict:
@@ -58,7 +59,7 @@ class Tracker:
                                       params=params)
         self.rec.log_text(self.study_run, yaml_text, "study.yaml")
         if graph is not None and not isinstance(self.rec, NullRecorder):
-            from .graph import draw_graph
+            from .views import draw_graph
             with tempfile.TemporaryDirectory() as tmp:
                 draw_graph(graph, Path(tmp) / "graph.png", forks)
                 self.rec.log_artifact(self.study_run, str(Path(tmp) / "graph.png"))
@@ -72,7 +73,7 @@ class Tracker:
         for seed in seeds:
             mid = self.rec.run("member", f"{name} seed={seed}", parent_id=rid, params={**params, "seed": seed},
                                tags=self._tags(name, seed, role), description=f"{description}; seed {seed}")
-            self.member_runs[f"{name}/{seed}"] = mid
+            self.member_runs[MemberKey(name, seed)] = mid
             self.open_runs.append(mid)
 
     def log_rows(self, step: int, rows: dict) -> None:
@@ -179,7 +180,7 @@ def _serve(conn, uri: str, experiment: str, study: str) -> None:
             return
         try:
             if tracker is None and error is None:
-                tracker = Tracker(Recorder(uri, experiment, background=False), study)
+                tracker = Tracker(Recorder(uri, experiment), study)
             if method == "abort" and tracker is not None:
                 tracker.abort(*args)
             elif method == "close":

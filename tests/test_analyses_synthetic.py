@@ -124,7 +124,7 @@ def test_mediation_is_complete_when_the_norm_acts_only_through_L():
 def write_store(uri, experiment, cells_):
     """Write synthetic cells as the engine does: study run -> arm runs (params, curves) -> member runs."""
     from tracking.recorder import Recorder
-    rec = Recorder(uri, experiment, background=False)
+    rec = Recorder(uri, experiment)
     study = rec.run("study", experiment, tags={"study": experiment})
     keys = ["arm", "p", "loss", "model", "precision", "rho", "tau", "gamma", "clamp", "design", "tau_source",
             "fork_step", "design_role"]

@@ -23,7 +23,8 @@ def layer_norms(c: Cohort, key: str) -> dict[str, float]:
 
 
 def test_clamp_holds_weight_norm_from_t_int():
-    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="clamped", seed=0, lever=Lever(clamp="absolute", target=9.0, t_int=4)),
+    clamped = Lever(clamp="absolute", target=9.0, t_int=4)
+    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="clamped", seed=0, lever=clamped),
                                       MemberConfig(key="free", seed=0)])
     c.run(until=3)
     assert weight_norm(c, "clamped") == weight_norm(c, "free") != pytest.approx(9.0, rel=1e-3)  # not yet

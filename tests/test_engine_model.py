@@ -35,7 +35,7 @@ def pairs(c: Cohort, i: int):
 def test_fast_forward_equals_naive_forward(model):
     c = make(model)
     p = c.cfg.p
-    for b in c.batches:
+    for b in c.backend.batches:
         i = b.s
         a, bb, _ = pairs(c, i)
         naive = c.model.naive_logits(one(c, i), a, bb)
@@ -52,10 +52,10 @@ def test_fast_forward_equals_naive_forward(model):
 def test_hand_written_backward_matches_autograd_of_naive_forward(model, loss):
     c = make(model, loss)
     G = {k: torch.zeros_like(v) for k, v in c.P.items()}
-    for b in c.batches:
+    for b in c.backend.batches:
         i = b.s
         value = c.model.loss_grads(rows(c, i), {k: v[i:i + 1] for k, v in G.items()}, b, c.inv_tau[i:i + 1],
-                                   loss, c.ws)
+                                   loss, c.backend.workers.ws)
         P1 = {k: v.clone().requires_grad_(True) for k, v in one(c, i).items()}
         a, bb, y = pairs(c, i)
         ref = levers.loss_values(c.model.naive_logits(P1, a, bb)[None], y[None, :, None], c.inv_tau[i:i + 1], loss)
@@ -73,8 +73,9 @@ def test_tau_divides_the_logits_before_the_loss():
     want = torch.stack([F.cross_entropy(z[i] / tau[i], y[i, :, 0]) for i in range(2)])
     assert torch.allclose(got, want, rtol=1e-12)
     # same params, tau 1 vs 1.7: the measured logit_scale (post-tau) scales by 1 / tau, accuracy does not move
-    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="t1", seed=3, lever=Lever(tau=1.0)), MemberConfig(key="t17", seed=3, lever=Lever(tau=1.7))])
-    ev = c._evaluate(full=True)
+    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="t1", seed=3, lever=Lever(tau=1.0)),
+                                      MemberConfig(key="t17", seed=3, lever=Lever(tau=1.7))])
+    ev = c.evaluate(full=True)
     assert ev["logit/scale"][1].item() == pytest.approx(ev["logit/scale"][0].item() / 1.7, rel=1e-12)
     assert ev["train/acc"][0] == ev["train/acc"][1]
 

@@ -57,11 +57,11 @@ def test_step_matches_the_aten_path(kernels, loss, p):
     a.run(until=40)  # trained weights, not the init
     n = Cohort.from_state({**a.state_dict(), "cfg": {**a.state_dict()["cfg"], "kernels": "native"}})
     assert n.kernels == "native"
-    ev_a, ev_n = a._evaluate(full=True), n._evaluate(full=True)
+    ev_a, ev_n = a.evaluate(full=True), n.evaluate(full=True)
     for k in ev_a:
         assert torch.allclose(ev_n[k], ev_a[k], rtol=1e-5, atol=1e-6), k
     # gradients: the ATen path's hand-written backward vs the kernels (G is their scratch; compare updates)
-    for i, b in enumerate(a.batches):
+    for i, b in enumerate(a.backend.batches):
         P = {k: v[i:i + 1] for k, v in a.P.items()}
         G = {k: torch.empty_like(v) for k, v in P.items()}
         value = a.model.loss_grads(P, G, b, a.inv_tau[i:i + 1], loss, models.Workspace())
@@ -107,7 +107,7 @@ def test_a_member_does_not_depend_on_its_cohort_mates_or_the_thread_count(kernel
     i = crowd.active.index("m1")
     for k in alone.P:
         assert torch.equal(alone.P[k][0], crowd.P[k][i]), k
-    assert alone.records["m1"]["curves"] == crowd.records["m1"]["curves"]
+    assert alone.records["m1"].curves == crowd.records["m1"].curves
 
 
 def test_run_in_pieces_is_bit_identical_to_one_run(kernels):

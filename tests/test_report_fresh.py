@@ -8,7 +8,7 @@ import yaml
 
 from analyses import report
 from interventions.graph import build_graph
-from interventions.scheduler import run_study
+from interventions.runner import run_study
 from interventions.spec import STUDIES_DIR, load_study
 
 RENAMES = {"trunk": "stem", "free": "loose", "clamp_same": "held", "clamp_raised": "pushed",

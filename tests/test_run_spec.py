@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from interventions.graph import build_graph, derive
+from interventions.derive import derive
+from interventions.graph import build_graph
 from interventions.run import main
 from interventions.spec import SpecError, load_study
+from interventions.views import describe
 
 MINI = """\
 study: mini
@@ -71,7 +73,7 @@ def test_sweep_expands_and_logit_matched_depends_on_the_sweep(tmp_path):
     waves = g.waves()
     assert waves[0] == [["trunk"]] and waves[-1] == [["logit_matched"]]
     assert len(waves[1]) == 1 and len(waves[1][0]) == 5   # five arms from one snapshot: one cohort
-    assert g.describe("clamp_raised", fork_step=100) == "clamp at 1.15 x N0 from step 100, tau 1; forks trunk@100"
+    assert describe(g, "clamp_raised", fork_step=100) == "clamp at 1.15 x N0 from step 100, tau 1; forks trunk@100"
 
 
 def test_preset_and_set_overlay(tmp_path):

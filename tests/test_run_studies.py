@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from interventions.graph import build_graph
-from interventions.scheduler import run_study
+from interventions.runner import run_study
 from interventions.spec import load_study
 from tracking import conventions
 

@@ -141,3 +141,21 @@ def test_bad_files_are_reported_and_skipped(imported, paper_metrics, tmp_path, c
     assert set(m["arm"]) == {"good", "split"} and len(m) == 24
     split = m[m["arm"] == "split"].sort_values("seed")
     assert (split["t_grok"].to_numpy() == data["T_grok_per_seed"]).all()
+
+
+def test_curves_fall_back_to_the_public_api_with_the_same_frame(imported, monkeypatch):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    _, uri = imported
+    arms = list(load_arms("paper/samestate", uri)["run_id"])
+    keys = ["test/acc", "logit/scale", "t_grok"]
+    private = load_curves(arms, keys, uri)
+
+    def broken(*_, **__):
+        raise AttributeError("simulated: the private store method changed")
+
+    monkeypatch.setattr(SqlAlchemyStore, "get_metric_history_bulk", broken)
+    with pytest.warns(RuntimeWarning, match="bulk metric history failed.*public API"):
+        public = load_curves(arms, keys, uri)
+    pd.testing.assert_frame_equal(private, public)
+    pd.testing.assert_frame_equal(private, load_curves(arms, keys, uri, private_sql=False))
+    assert set(private["key"]) == set(keys) and set(private["run_id"]) == set(arms)

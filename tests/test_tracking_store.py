@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tracking.store import StoreError, check_uri, ensure_experiment, resolve_uri, sqlite_path
+from tracking.store import StoreError, check_uri, delete_study_runs, ensure_experiment, resolve_uri, sqlite_path
 
 
 def test_resolve_uri_precedence(tmp_path, monkeypatch):
@@ -78,3 +78,21 @@ def test_tracking_imports_neither_torch_nor_the_upper_packages():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert name.split(".")[0] not in {"torch", "interventions", "analyses"}, (path.name, name)
+
+
+def test_delete_study_runs_soft_deletes_only_that_study_and_creates_nothing(tracking_uri):
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+    db = sqlite_path(tracking_uri)
+    assert delete_study_runs(tracking_uri, "fork_study", "fork_study") == 0
+    assert not db.parent.exists()   # no store file yet: nothing made
+    eid = ensure_experiment(tracking_uri, "fork_study")
+    assert delete_study_runs(tracking_uri, "no_such_experiment", "fork_study") == 0
+    c = MlflowClient(tracking_uri)
+    ours = [c.create_run(eid, tags={"study": "fork_study"}).info.run_id for _ in range(3)]
+    other = c.create_run(eid, tags={"study": "other"}).info.run_id
+    assert delete_study_runs(tracking_uri, "fork_study", "fork_study") == 3
+    assert [r.info.run_id for r in c.search_runs([eid])] == [other]
+    deleted = c.search_runs([eid], run_view_type=ViewType.DELETED_ONLY)
+    assert sorted(r.info.run_id for r in deleted) == sorted(ours)   # soft: still in the store
+    assert delete_study_runs(tracking_uri, "fork_study", "fork_study") == 0

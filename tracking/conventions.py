@@ -29,6 +29,8 @@ Curve = list[tuple[int, float]]
 DESIGN_ROLES = ("control", "baseline", "norm_up", "tau_sweep", "logit_matched", "fork_trunk", "fork_free",
                 "fork_same", "fork_raised", "fork_lowered", "collapse_cell", "dose_cell", "alloc_cell",
                 "precision_cell")
+# t_mem / t_grok: the first evaluated step with train accuracy >= MEM_THRESHOLD / test accuracy >= GROK_THRESHOLD
+MEM_THRESHOLD, GROK_THRESHOLD = 0.99, 0.90
 RETIRE = ("arm", "member")  # `retire: arm` (the paper's runner) | `member` (each seed at its own t_grok)
 
 

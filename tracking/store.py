@@ -1,4 +1,4 @@
-"""Where runs live: the tracking URI, checks that the store is reachable, and experiments.
+"""Where runs live: the tracking URI, store checks, experiments, and searching or deleting a study's runs.
 
 Default store: embedded SQLite at <cwd>/mlruns/mlflow.db with artifacts beside it under
 <dbdir>/artifacts/<experiment>. The deprecated file store is refused.
@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 HTTP_TIMEOUT_S = 3.0
 SQLITE_HEADER = b"SQLite format 3\x00"
 DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQL stores MLflow supports besides sqlite
+PAGE = 5000     # runs per search_runs page
 
 
 class StoreError(Exception):
@@ -187,3 +188,32 @@ def ensure_experiment(uri: str, name: str) -> str:
         if exp is None:
             raise StoreError(uri, f"cannot create experiment {name!r}: {e.message}") from None
         return exp.experiment_id
+
+
+def delete_study_runs(uri: str, experiment: str, study: str) -> int:
+    """Delete (MLflow's soft delete) every run tagged study=`study` in `experiment`; how many.
+
+    0, creating nothing, where the SQLite store file does not exist yet or the experiment does not.
+    """
+    if uri.startswith("sqlite:") and not sqlite_path(uri).exists():
+        return 0
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    ids = [r.info.run_id for r in search_all(c, exp.experiment_id, f"tags.study = '{study}'")]
+    for run_id in ids:   # every page read first: deleting while paging would shift the pages
+        c.delete_run(run_id)
+    return len(ids)
+
+
+def search_all(c, experiment_id: str, filter_string: str = "") -> list:
+    """Every active run of the experiment matching `filter_string`, oldest first (all pages)."""
+    runs, token = [], None
+    while True:
+        page = c.search_runs([experiment_id], filter_string=filter_string, max_results=PAGE, page_token=token,
+                             order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs

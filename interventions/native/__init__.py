@@ -1,8 +1,9 @@
 """Compiled CPU kernels for the MLP (mlp_cpu.cpp): one member's training step and evaluation per call.
 
 Built on first use with torch's C++ extension loader (gcc/g++ and ninja, ~1 min once; torch caches the
-build under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR). Where they cannot be built or do not
-apply, the engine uses its ATen path (models.MLP), which computes the same thing op by op.
+build under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR); backends/native.py calls them. Where they
+cannot be built or do not apply, the engine uses its ATen backend (backends/aten.py, models.MLP), which
+computes the same thing op by op.
 
 Why our own code here: per member-step on a CPU the ATen path spends ~60% outside the three output
 GEMMs, in memory passes (gather, GeLU, GeLU backward, scatter), in Python dispatch, and waiting for the

@@ -1,0 +1,72 @@
+"""The plan: from the graph and the study's state to cohort jobs (plain data): which arms share a cohort,
+their members with their resolved lever records, the pauses at their children's fork points, and the MLflow
+params of every arm (generated from its lever record)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .cohort import CohortConfig, MemberConfig
+from .graph import Graph
+from .jobs import CohortJob, Pause
+from .levers import Lever
+from .vocab import MemberKey
+
+
+def params(graph: Graph, name: str, lever: Lever, fork_step: int | None, w_c_at_grok: float | None) -> dict:
+    """Identical keys on every arm and member run (the MLflow contract)."""
+    a, st = graph.arms[name], graph.study
+    d = st.defaults
+    lv = lever.params()
+    return {"arm": name, "p": a.p, "op": d.task.op, "model": d.model.kind, "loss": a.loss,
+            "precision": a.precision, "rho": lv["rho"], "tau": lv["tau"], "clamp": lv["clamp"],
+            "gamma": lv["gamma"], "train_fraction": d.task.train_fraction, "lr": d.optimizer.lr,
+            "weight_decay": d.optimizer.weight_decay, "t_int": lv["t_int"], "w_c": lv["w_c"], "budget": a.budget,
+            "eval_every": d.eval_every, "fork_from": a.parent, "fork_step": fork_step,
+            "tau_source": lv["tau_source"], "design": st.design, "design_role": a.role or None,
+            "retire": a.retire, "w_c_at_grok": w_c_at_grok}
+
+
+def members(graph: Graph, name: str, lever: Lever) -> list[MemberConfig]:
+    a = graph.arms[name]
+    margin = a.margin
+    if a.trunk or graph.children(name):   # a parent lives on to its children's fork points
+        margin = max(margin, a.budget)
+    group = name if a.retire == "arm" and margin < a.budget else None
+    return [MemberConfig(key=MemberKey(name, seed), seed=seed, lever=lever, budget=a.budget, margin=margin,
+                         retire_group=group) for seed in a.seeds]
+
+
+def cohort_config(graph: Graph, name: str, device: str) -> CohortConfig:
+    return CohortConfig(**graph.cohort_settings(name), device=device)
+
+
+def pauses(graph: Graph, arms: list[str], forks: dict[str, int]) -> list[Pause]:
+    """Fork points of these arms' children; one already recorded (in `forks`) is replayed exactly, to the
+    same step, when the cohort runs again from before it."""
+    out = {}
+    for child in graph.arms.values():
+        f = child.fork
+        if f is None or f.arm not in arms or f.name in out:
+            continue
+        recorded = forks.get(f.name)
+        out[f.name] = Pause(f, recorded, True) if recorded is not None else Pause(f, f.at)
+    return list(out.values())
+
+
+def job_id(arms: list[str]) -> str:
+    h = hashlib.sha1("|".join(arms).encode()).hexdigest()[:8]
+    return f"{arms[0]}+{len(arms) - 1}-{h}" if len(arms) > 1 else f"{arms[0]}-{h}"
+
+
+def cohort_job(graph: Graph, arms: list[str], levers: dict[str, Lever], forks: dict[str, int], folder: Path,
+               device: str) -> CohortJob:
+    """The job of one cohort group (arms with the same shapes and start point; graph.waves)."""
+    jid, first = job_id(arms), graph.arms[arms[0]]
+    f = first.fork
+    return CohortJob(id=jid, cfg=cohort_config(graph, arms[0], device),
+                     members=[m for n in arms for m in members(graph, n, levers[n])],
+                     fork_file=folder / "forks" / f"{f.name}.pt" if f else None,
+                     checkpoint_file=folder / "cohorts" / f"{jid}.pt", pauses=pauses(graph, arms, forks),
+                     stop_after_pauses=all(graph.arms[n].trunk for n in arms),
+                     checkpoint_every=graph.study.defaults.checkpoint_every)

@@ -1,0 +1,269 @@
+"""A cohort's plain records: its configs in; per member, what it leaves behind (MemberRecord, MemberState).
+
+Also the rules read off records: t_mem / t_grok (`detect_times`, `MemberRecord.observe`) and when a member
+retires (`Retirement`). Member keys are opaque hashables (a MemberKey in a study, strings in tests): compared,
+never parsed. Steps are 1-based (see cohort.py).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from tracking.conventions import GROK_THRESHOLD, MEM_THRESHOLD
+
+from . import levers, native, tasks
+
+SHAPE_KEYS = ("p", "op", "train_fraction", "model", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp")
+INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok")  # a fork keeps its parent's
+
+
+@dataclass
+class CohortConfig:
+    """Everything members of one cohort share (same tensor shapes)."""
+    p: int = 59
+    op: str = "add"  # add | sub | mul | div
+    train_fraction: float = 0.4
+    model: str = "mlp"  # mlp | transformer | transformer_noln
+    d_embed: int = 128
+    d_hidden: int = 256  # mlp
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512  # transformer
+    loss: str = "ce"  # ce | mse
+    precision: str = "float32"  # float32 | float64
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 1.0
+    eval_every: int = 25
+    log_every: int = 200
+    mem_threshold: float = MEM_THRESHOLD
+    grok_threshold: float = GROK_THRESHOLD
+    device: str = "cpu"
+    kernels: str = "auto"  # auto | native | aten (interventions/native: compiled CPU kernels for the MLP)
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"cohort.{key}: {why}")
+        if self.op not in tasks.OPS:
+            bad("op", f"unknown op {self.op!r} (expected {' | '.join(tasks.OPS)})")
+        if self.model not in ("mlp", "transformer", "transformer_noln"):
+            bad("model", f"unknown model {self.model!r} (expected mlp | transformer | transformer_noln)")
+        if self.loss not in levers.LOSSES:
+            bad("loss", f"unknown loss {self.loss!r} (expected ce | mse)")
+        if self.kernels not in native.CHOICES:
+            bad("kernels", f"unknown kernels {self.kernels!r} (expected {' | '.join(native.CHOICES)})")
+        if self.precision not in levers.DTYPES:
+            bad("precision", f"unknown precision {self.precision!r} (expected float32 | float64)")
+        for key in ("p", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp", "eval_every", "log_every"):
+            if int(getattr(self, key)) < 1:
+                bad(key, f"must be a positive integer, got {getattr(self, key)!r}")
+        if not 0.0 < self.train_fraction < 1.0:
+            bad("train_fraction", f"must be in (0, 1), got {self.train_fraction}")
+        for key in ("lr", "eps"):
+            if not getattr(self, key) > 0:
+                bad(key, f"must be > 0, got {getattr(self, key)}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                bad(key, f"must be in [0, 1), got {getattr(self, key)}")
+        if self.weight_decay < 0:
+            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for key in ("mem_threshold", "grok_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                bad(key, f"must be in [0, 1], got {getattr(self, key)}")
+
+
+@dataclass
+class MemberConfig:
+    """One member = one (arm, seed): its levers (levers.Lever) and when it stops."""
+    key: Hashable  # unique in the cohort (a MemberKey in a study, any hashable in tests)
+    seed: int  # init + split seed
+    lever: levers.Lever = levers.Lever()
+    budget: int = 20000  # max step
+    margin: int = 0  # steps to keep training after t_grok before retiring
+    retire_group: str | None = None  # `retire: arm`: retire together, once every member of it has grokked
+
+    def __post_init__(self):
+        if self.budget < 1 or self.margin < 0:
+            raise ValueError(f"member {self.key!r}.budget/margin: need budget >= 1, margin >= 0; got "
+                             f"{self.budget}, {self.margin}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemberConfig":
+        return cls(**{**d, "lever": levers.Lever(**d["lever"])})
+
+
+@dataclass
+class MemberState:
+    """One member's complete state: enough to continue it bit-identically or to fork it."""
+    member: MemberConfig
+    cohort: CohortConfig
+    step: int
+    adam_step: int
+    params: dict[str, torch.Tensor]  # without the member dim
+    exp_avg: dict[str, torch.Tensor]
+    exp_avg_sq: dict[str, torch.Tensor]
+    train_idx: torch.Tensor  # sorted flat pair indices a * p + b of the training split
+    record: dict = field(default_factory=dict)  # its MemberRecord as plain data (MemberRecord.to_dict)
+
+    def to_dict(self) -> dict:
+        return {"member": asdict(self.member), "cohort": asdict(self.cohort), "step": self.step,
+                "adam_step": self.adam_step, "params": self.params, "exp_avg": self.exp_avg,
+                "exp_avg_sq": self.exp_avg_sq, "train_idx": self.train_idx, "record": self.record}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemberState":
+        return cls(member=MemberConfig.from_dict(d["member"]), cohort=CohortConfig(**d["cohort"]), step=d["step"],
+                   adam_step=d["adam_step"], params=d["params"], exp_avg=d["exp_avg"],
+                   exp_avg_sq=d["exp_avg_sq"], train_idx=d["train_idx"], record=d["record"])
+
+    def check_fits(self, cfg: CohortConfig, key: Hashable) -> None:
+        """Raises unless this state has the shapes of cohort `cfg` (restored there as member `key`)."""
+        for k in SHAPE_KEYS:
+            if getattr(self.cohort, k) != getattr(cfg, k):
+                raise ValueError(f"cohort.init[{key}]: state of {self.member.key!r} has {k}="
+                                 f"{getattr(self.cohort, k)!r}, this cohort {getattr(cfg, k)!r}")
+
+
+def check_start(members: list[MemberConfig], init: list[MemberState | None] | None
+                ) -> tuple[list[MemberState | None], tuple[int, int]]:
+    """A cohort's members and initial states (None: fresh), checked; returns the states, one per member,
+    and the (step, adam_step) they share."""
+    if not members:
+        raise ValueError("cohort: no members")
+    keys = [m.key for m in members]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"cohort.members: duplicate keys {dup}")
+    init = list(init) if init is not None else [None] * len(members)
+    if len(init) != len(members):
+        raise ValueError(f"cohort.init: {len(init)} states for {len(members)} members")
+    fresh = [s is None for s in init]
+    if any(fresh) and not all(fresh):
+        raise ValueError("cohort.init: mixes fresh members and restored states (members share one step)")
+    steps = {(s.step, s.adam_step) for s in init if s is not None}
+    if len(steps) > 1:
+        raise ValueError(f"cohort.init: states at different steps {sorted(steps)} (members share one step)")
+    return init, (steps.pop() if steps else (0, 0))
+
+
+def detect_times(evals: list[tuple[int, float, float]], mem_threshold: float = MEM_THRESHOLD,
+                 grok_threshold: float = GROK_THRESHOLD) -> tuple[int | None, int | None]:
+    """(t_mem, t_grok) of an eval series [(step, train acc, test acc), ...] in step order (PAPER.md):
+    the first evaluated step with train acc >= mem_threshold, and with test acc >= grok_threshold."""
+    t_mem = next((t for t, tr, _ in evals if tr >= mem_threshold), None)
+    t_grok = next((t for t, _, te in evals if te >= grok_threshold), None)
+    return t_mem, t_grok
+
+
+@dataclass
+class MemberRecord:
+    """One member's bookkeeping: summary times and values (None until reached), status, evals, curves."""
+    key: Hashable
+    seed: int
+    t_mem: int | None = None
+    t_grok: int | None = None
+    logit_scale_at_grok: float | None = None
+    weight_norm_at_grok: float | None = None
+    diverged: bool = False
+    N0: float | None = None  # clamp: the norm entering the first clamped step, and the norm held
+    target: float | None = None
+    final_step: int | None = None
+    retired_at: int | None = None
+    retire_reason: str | None = None  # grokked | budget | diverged
+    start_step: int = 0
+    fork_from: Hashable | None = None  # the key of the member state it started from, and that state's step
+    fork_step: int | None = None
+    retire_group: str | None = None
+    evals: list[tuple[int, float, float]] = field(default_factory=list)  # (step, train acc, test acc)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # MLflow key -> (step, value)
+
+    @classmethod
+    def start(cls, m: MemberConfig, step: int, fork: MemberState | None = None) -> "MemberRecord":
+        """A member's record at the cohort's first step; a restored state passes on INHERITED values."""
+        rec = cls(key=m.key, seed=m.seed, start_step=step, retire_group=m.retire_group)
+        if fork is not None:
+            src = fork.record or {}
+            for k in INHERITED:
+                setattr(rec, k, src.get(k))
+            rec.fork_from, rec.fork_step = fork.member.key, fork.step
+        return rec
+
+    def to_dict(self) -> dict:
+        """Plain data (a deep copy), as snapshots store it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemberRecord":
+        return cls(**copy.deepcopy(d))
+
+    def observe(self, t: int, train_acc: float, test_acc: float, logit_scale: float, weight_norm: float,
+                mem_threshold: float, grok_threshold: float) -> None:
+        """An evaluation at step t: appended to evals; sets t_mem, t_grok (and the values at grok) once."""
+        self.evals.append((t, train_acc, test_acc))
+        t_mem, t_grok = detect_times([(t, train_acc, test_acc)], mem_threshold, grok_threshold)
+        if self.t_mem is None and t_mem is not None:
+            self.t_mem = t
+        if self.t_grok is None and t_grok is not None:
+            self.t_grok = t
+            self.logit_scale_at_grok = logit_scale
+            self.weight_norm_at_grok = weight_norm
+
+    def log(self, t: int, row: dict[str, float]) -> None:
+        """Curve values at step t (a step already logged is not logged again)."""
+        for k, v in row.items():
+            series = self.curves.setdefault(k, [])
+            if not series or series[-1][0] != t:
+                series.append((t, v))
+
+    def result(self, step: int) -> dict:
+        """Summary metrics and status as plain data; `step`: the cohort's, for a member still training."""
+        tm, tg = self.t_mem, self.t_grok
+        norm = self.curves.get("norm/total")
+        return {"key": self.key, "seed": self.seed, "t_mem": tm, "t_grok": tg,
+                "delay": tg - tm if tm is not None and tg is not None else None,
+                "grokked": tg is not None, "diverged": self.diverged,
+                "logit_scale_at_grok": self.logit_scale_at_grok, "weight_norm_at_grok": self.weight_norm_at_grok,
+                "weight_norm_final": norm[-1][1] if norm else None, "N0": self.N0,
+                "target": self.target, "final_step": self.final_step or step,
+                "retired_at": self.retired_at, "retire_reason": self.retire_reason,
+                "start_step": self.start_step, "fork_from": self.fork_from, "fork_step": self.fork_step}
+
+
+class Retirement:
+    """When a member retires, read off the cohort's records (which never shrink, so a retire group's
+    members are looked up once)."""
+
+    def __init__(self, records: dict[Hashable, MemberRecord]):
+        self.records = records
+        self.groups: dict[str, list[Hashable]] = {}  # retire_group -> member keys
+
+    def grok_end(self, m: MemberConfig) -> int | None:
+        """Step at which member m retires as grokked: its t_grok + margin; with a retire_group (retire:
+        arm), the group's last t_grok + margin once every member of it has grokked or diverged."""
+        if m.retire_group is None:
+            t_grok = self.records[m.key].t_grok
+            return None if t_grok is None else t_grok + m.margin
+        keys = self.groups.get(m.retire_group)
+        if keys is None:
+            keys = self.groups[m.retire_group] = [
+                k for k, r in self.records.items() if r.retire_group == m.retire_group or k == m.key]
+        recs = [self.records[k] for k in keys]
+        if any(r.t_grok is None and not r.diverged for r in recs):
+            return None
+        return max((r.t_grok for r in recs if r.t_grok is not None), default=0) + m.margin
+
+    def reason(self, m: MemberConfig, t: int) -> str | None:
+        """Why member m retires at step t (diverged | grokked | budget), or None: it trains on."""
+        if self.records[m.key].diverged:
+            return "diverged"
+        end = self.grok_end(m)
+        if end is not None and t >= end:
+            return "grokked"
+        if t >= m.budget:
+            return "budget"
+        return None

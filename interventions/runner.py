@@ -1,0 +1,252 @@
+"""Run a study: arms in dependency order, each wave's cohort groups planned as jobs (plan.py) and handed to
+an executor (jobs.py), their events turned into MLflow logging, snapshots and progress, and state.json kept
+for an exact resume.
+
+Files under <store dir>/snapshots/<experiment>/ (the store dir holds mlflow.db):
+  state.json            study digest, fork steps, derived levers, lever records, finished arms' results
+  forks/<arm>@<at>.pt   member states at a fork point (kept: later arms such as logit_matched fork from it)
+  cohorts/<job>.pt      the running cohort's last checkpoint (deleted once its arms are logged)
+
+Every MLflow call and every write of state.json or of a cohort snapshot goes through one helper thread
+(persist.Worker) in program order; MLflow calls go on to a tracking process (tracker.py), and each file
+write first waits until that process has stored everything sent before it. So a SIGKILL at any moment
+leaves: curves stored -> snapshot; arm runs finished -> state.json -> snapshot deleted. A resumed run
+replays from the last snapshot bit-identically and the Recorder skips any (key, step) already stored.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from . import native, plan, snapshot
+from .derive import derive, lever
+from .graph import Graph
+from .views import describe
+from .jobs import CohortJob, LocalExecutor
+from .levers import Lever
+from .persist import ResumeError, Worker, load_state, snapshot_dir, write_text
+from .summary import arm_summary, arm_table
+from .tracker import NullRecorder, Tracker, TrackerProcess
+
+__all__ = ["ResumeError", "Runner", "run_study", "snapshot_dir"]
+
+
+class Runner:
+    def __init__(self, graph: Graph, folder: Path, *, make_tracker: Callable | None = None,
+                 device: str = "cpu", executor=None, progress: bool = True, log: Callable = print):
+        self.g, self.dir, self.device = graph, Path(folder), device
+        self.make_tracker = make_tracker or (lambda: Tracker(NullRecorder(), graph.study.study))
+        self.executor = executor or LocalExecutor()
+        self.progress, self.log = progress, log
+        self.study = graph.study
+        self.digest = self.study.digest()
+        self.state = load_state(self.dir, self.digest, self.study.study, self.study.source)
+        self.tracker = None                       # used on the worker thread only
+        self.worker: Worker | None = None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.state.get("finished"))
+
+    def _persist(self, synced: bool = True) -> None:
+        """Queue a write of the state as it is now; synced: only once everything tracked before it is
+        stored (needed when the state says arms are done; not for fork points or derived levers)."""
+        args = (write_text, self.dir / "state.json", json.dumps(self.state, indent=1))
+        self.worker.put(self._synced, *args) if synced else self.worker.put(*args)
+
+    def _synced(self, fn: Callable, *args) -> None:
+        self.tracker.sync()
+        fn(*args)
+
+    def lever(self, name: str) -> Lever:
+        return Lever(**self.state["levers"][name])
+
+    def params(self, name: str) -> dict:
+        f = self.g.arms[name].fork
+        return plan.params(self.g, name, self.lever(name), self.state["forks"].get(f.name) if f else None,
+                           self.state["derived"].get(name, {}).get("w_c_at_grok"))
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> dict[str, dict]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = self.make_tracker()       # on the main thread (a child process dies with it)
+        self.worker = Worker()
+        st = self.study
+        kernels = sorted({native.resolve(plan.cohort_config(self.g, a, self.device))[0] for a in self.g.order})
+        self.worker.put(self.tracker.open_study, st.description or None,
+                        {"design": st.design, "preset": st.preset, "digest": self.digest,
+                         "source": Path(st.source).name, "n_arms": len(self.g.arms),
+                         "seeds": ",".join(map(str, st.defaults.seed_list())), "kernels": ",".join(kernels)},
+                        st.resolved_yaml(), self.g, dict(self.state["forks"]))
+        while True:
+            waves = self.g.waves(set(self.state["arms"]))
+            if not waves:
+                break
+            for group in waves[0]:
+                self._run_group(group)
+        arms = self.state["arms"]
+        self.worker.put(self.tracker.finish_study, arm_table(self.g.order, arms),
+                        sum(a["status"] == "done" for a in arms.values()))
+        self.state["finished"] = True
+        self._persist()
+        self.worker.put(shutil.rmtree, self.dir / "cohorts", True)   # stale after an ill-timed kill
+        self.worker.wait()
+        return arms
+
+    def _run_group(self, group: list[str]) -> None:
+        runnable = [n for n in group if self._prepare(n)]
+        if not runnable:
+            return
+        job = plan.cohort_job(self.g, runnable, {n: self.lever(n) for n in runnable}, self.state["forks"],
+                              self.dir, self.device)
+        for name in runnable:
+            prm = self.params(name)
+            desc = describe(self.g, name, prm["fork_step"])
+            if "tau" in self.g.arms[name].derived:
+                desc += f"; tau {prm['tau']:.4g} = {prm['tau_source']}"
+            self.worker.put(self.tracker.open_arm, name, prm, desc, list(self.g.arms[name].seeds))
+        bar = self._bar(runnable, job)
+        result = self.executor.run(job, self._events(job, runnable, bar))
+        bar.update(result["step"] - bar.n)
+        bar.close()
+        yaml_text = self.study.resolved_yaml()
+        for name in runnable:
+            results = [r for r in result["results"] if r["key"].arm == name]
+            curves = {r["key"]: result["curves"][r["key"]] for r in results}
+            summary = arm_summary(results, curves)
+            self.worker.put(self.tracker.finish_arm, name, results, curves, summary, yaml_text)
+            plain = [{**r, **{k: str(r[k]) for k in ("key", "fork_from") if r[k] is not None}} for r in results]
+            self.state["arms"][name] = {"status": "done", "params": self.params(name), "summary": summary,
+                                        "results": json.loads(json.dumps(plain, default=float))}
+        self._persist()                                   # after the arm runs are finished ...
+        self.worker.put(job.checkpoint_file.unlink, True)  # ... and before the snapshot goes
+
+    def _events(self, job: CohortJob, runnable: list[str], bar) -> Callable[[tuple], None]:
+        """The handler of the job's events (jobs.py lists them)."""
+        writing = threading.Event()   # set while a snapshot waits in the queue
+
+        def handle(ev: tuple) -> None:
+            kind = ev[0]
+            if kind == "log":
+                self.worker.put(self.tracker.log_rows, ev[1], ev[2])
+            elif kind == "checkpoint":
+                if writing.is_set():        # the last one is not written yet: skip this one, never stall
+                    return
+                writing.set()
+                self.worker.put(self._synced, snapshot.save, job.checkpoint_file,
+                                {"cohort": ev[1], "job": job.id, "digest": self.digest})
+                self.worker.put(writing.clear)
+            elif kind == "fork":
+                fork, step, states = ev[1:]
+                # written here, synchronously: the next cohort reads it; state.json (queued) records it after
+                snapshot.save(self.dir / "forks" / f"{fork.name}.pt", {"members": states, "step": step})
+                self.state["forks"][fork.name] = step
+                self._persist(synced=False)
+                msg = f"fork point {fork.label()}: step {step}"
+                bar.write(msg) if self.progress else self.log(msg)
+            elif kind == "resumed":
+                self.log(f"resuming {', '.join(runnable)} from the snapshot at step {ev[1]}")
+                bar.update(ev[1] - bar.n)
+            elif kind == "progress":
+                step, alive, total, grok = ev[1:]
+                bar.update(step - bar.n)
+                bar.set_postfix_str(f"alive {alive}/{total} grokked {grok}", refresh=False)
+        return handle
+
+    def _prepare(self, name: str) -> bool:
+        """Derive the arm's levers from finished arms and resolve its lever record, once (kept in the
+        state); False (arm skipped, said why) if impossible."""
+        bad = [u for u in self.g.upstream(name) if self.state["arms"].get(u, {}).get("status") == "skipped"]
+        reason = f"upstream arm {bad[0]} was skipped" if bad else None
+        if reason is None and self.g.arms[name].derived and name not in self.state["derived"]:
+            try:
+                done = {k: v for k, v in self.state["arms"].items() if v["status"] == "done"}
+                self.state["derived"][name] = derive(self.g, name, done)
+                self._persist(synced=False)
+            except RuntimeError as e:
+                reason = str(e)
+        if reason is None:
+            if name not in self.state["levers"]:
+                f = self.g.arms[name].fork
+                lv = lever(self.g, name, self.state["derived"].get(name, {}),
+                           self.state["forks"].get(f.name) if f else None)
+                self.state["levers"][name] = asdict(lv)
+                self._persist(synced=False)
+            return True
+        self.log(f"skipping arm {name}: {reason}")
+        self.state["arms"][name] = {"status": "skipped", "reason": reason, "results": [], "params": {}}
+        self._persist()
+        return False
+
+    def _bar(self, runnable: list[str], job: CohortJob):
+        f = self.g.arms[runnable[0]].fork
+        start = self.state["forks"][f.name] if f else 0
+        desc = runnable[0] + (f" +{len(runnable) - 1} arms" if len(runnable) > 1 else "")
+        return tqdm(total=max(m.budget for m in job.members), initial=start, desc=desc, unit="step",
+                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+    def close(self) -> None:
+        self.worker.close()
+        self.tracker.close()
+
+    def abort(self, status: str = "KILLED") -> None:
+        """After an exception on the training thread: let queued writes land, close the open runs."""
+        if self.worker is None:
+            return
+        try:
+            self.worker.wait()
+        except BaseException:
+            pass
+        try:
+            self.tracker.abort(status)
+            self.tracker.close()
+        except BaseException:
+            pass
+
+
+# ---------------------------------------------------------------- entry point
+def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", fresh: bool = False,
+              progress: bool = True, tracking: bool = True, log: Callable = print) -> dict[str, dict]:
+    """Run, resume, or (when finished) just report a study; returns {arm: {status, results, params}}."""
+    folder = snapshot_dir(uri, experiment)
+    if fresh:
+        _start_over(graph, uri, experiment, folder, tracking, log)
+    make = (lambda: TrackerProcess(uri, experiment, graph.study.study)) if tracking else None
+    runner = Runner(graph, folder, make_tracker=make, device=device, progress=progress, log=log)
+    if runner.finished:
+        log(f"study {graph.study.study} already finished in experiment {experiment!r} (state in {folder}); "
+            "not retraining (--fresh starts over)")
+        log(arm_table(graph.order, runner.state["arms"]))
+        return runner.state["arms"]
+    t0 = time.perf_counter()
+    try:
+        arms = runner.run()
+    except BaseException:
+        runner.abort("KILLED")
+        raise
+    runner.close()
+    log(f"study {graph.study.study}: {len(arms)} arms in {time.perf_counter() - t0:.0f} s; "
+        f"experiment {experiment!r} in {uri}")
+    log(arm_table(graph.order, arms))
+    return arms
+
+
+def _start_over(graph: Graph, uri: str, experiment: str, folder: Path, tracking: bool, log) -> None:
+    """--fresh: delete this study's snapshots, then its runs in the experiment (a kill in between leaves a
+    plain fresh start whose runs are found again by identity)."""
+    existed = folder.exists()
+    shutil.rmtree(folder, ignore_errors=True)
+    n = 0
+    if tracking:
+        from tracking.store import delete_study_runs
+        n = delete_study_runs(uri, experiment, graph.study.study)
+    log(f"--fresh: deleted {n} runs of study {graph.study.study!r} in experiment {experiment!r}"
+        + (f" and the snapshots in {folder}" if existed else " (no snapshots on disk)"))
