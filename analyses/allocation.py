@@ -16,4 +16,5 @@ def allocation_swing(cells: pd.DataFrame) -> dict:
     return {"p": num(first["p"]), "loss": first["loss"], "model": first["model"],
             "swing": num(c["t_grok"].max() / c["t_grok"].min()),
             "gamma": [num(x) for x in c["gamma"]], "t_grok": [num(x) for x in c["t_grok"]],
+            "L": [num(x) for x in c["L"]],
             "excluded": [a for a in cells["arm"] if a not in set(c["arm"])]}

@@ -8,8 +8,8 @@ why a design that is partly there cannot be computed. Cells are grouped by p, lo
   cell at that rho is the realized T2. In a fork design: baseline = `fork_same`, norm-up = `fork_raised`,
   sweep = fork_raised plus the forked tau_sweep cells, delays from the fork.
 - collapse: clamped cells spanning >= 2 rho and >= 2 tau values, >= 4 cells (a grid over params).
-- dose_law: clamped cells at tau 1 over >= 4 rho values.
-- allocation: clamp 'alloc' (or gamma != 0) cells over >= 2 gamma values.
+- dose_law: `dose_cell` cells (clamped, unforked, tau 1) over >= 4 rho values.
+- allocation: `alloc_cell` cells (unforked) over >= 2 gamma values with a grokking majority.
 - fork: forked cells of roles fork_same and fork_raised (fork_free and fork_lowered for the ordering).
 - precision: the same cell in float32 and float64.
 The `design` param narrows this: when every cell names a design known below, only that design's
@@ -118,15 +118,18 @@ def _collapse(label, g):
 
 
 def _dose(label, g):
-    plain = _plain_clamped(g)
+    plain = _plain_clamped(g[g["role"] == "dose_cell"])
     plain = plain[_eq(plain["tau"], 1.0)]
     if plain["rho"].nunique() >= 4:
         return {"group": label, "cells": list(plain["cell"])}, []
-    return None, [f"dose law ({label}): only 3 rho values at tau 1 (needs >= 4)"] if plain["rho"].nunique() == 3 else []
+    if plain["rho"].nunique():
+        return None, [f"dose law ({label}): {plain['rho'].nunique()} rho values of dose_cell arms at tau 1 "
+                      "(needs >= 4)"]
+    return None, []
 
 
 def _allocation(label, g):
-    alloc = g[~g["forked"] & ((g["clamp"].str.lower() == "alloc") | ~_eq(g["gamma"], 0.0))]
+    alloc = g[~g["forked"] & (g["role"] == "alloc_cell")]
     if not len(alloc):
         return None, []
     if alloc.loc[alloc["majority"], "gamma"].nunique() < 2:

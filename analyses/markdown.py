@@ -148,16 +148,29 @@ def _dose_md(rows):
 
 def _allocation_md(rows):
     return ["## Layer allocation swing", "", _table(
-        ["group", "swing (max/min median t_grok)", "gamma: median t_grok"],
+        ["group", "swing (max/min median t_grok)", "gamma: median t_grok (L at grok)"],
         [[r["group"], _f(r["swing"], 1),
-          ", ".join(f"{g:+.2f}: {_f(t, 0)}" for g, t in zip(r["gamma"], r["t_grok"]))] for r in rows])]
+          ", ".join(f"{g:+.2f}: {_f(t, 0)} ({_f(L, 2)})" for g, t, L in zip(r["gamma"], r["t_grok"], r["L"]))]
+         for r in rows])]
 
 
 def _precision_md(rows):
     return ["## Float64 audit", "", _table(
         ["group", "rho", "tau", "t_grok float32", "t_grok float64", "softmax collapse float32", "float64"],
         [[r["group"], _f(r["rho"], 2), _f(r["tau"], 2), _f(r["t_grok_float32"], 0), _f(r["t_grok_float64"], 0),
-          _f(r["sc_float32"]), _f(r["sc_float64"])] for r in rows])]
+          _f(r["sc_float32"]), _f(r["sc_float64"])] for r in rows]), ""] + [f"- {_verdict(r)}" for r in rows]
+
+
+def _verdict(r) -> str:
+    """One line per float32/float64 pair: is the float32 delay a precision artefact?"""
+    t32, t64, sc32, sc64 = r["t_grok_float32"], r["t_grok_float64"], r["sc_float32"], r["sc_float64"]
+    head = f"rho {_f(r['rho'], 2)} ({r['group']}): "
+    if t32 is not None and t64 is not None and abs(t32 - t64) <= 0.1 * max(t32, t64):
+        return head + f"float64 agrees (T32 {t32:.0f}, T64 {t64:.0f}, within 10%): no precision artefact"
+    if (sc32 or 0) > 0 and not (sc64 or 0) > 0:
+        return head + (f"softmax collapse in float32 only (sc {_f(sc32)} vs {_f(sc64)}) and T differs "
+                       f"({_f(t32, 0)} vs {_f(t64, 0)}): the float32 delay is a precision artefact")
+    return head + f"T32 {_f(t32, 0)} vs T64 {_f(t64, 0)}, sc {_f(sc32)} vs {_f(sc64)}: they differ"
 
 
 SECTIONS = {"recovery": _recovery_md, "memorization_control": _memorization_md, "mediation": _mediation_md,

@@ -20,7 +20,7 @@ def lever(graph: Graph, name: str, derived: dict, fork_step: int | None) -> Leve
     return Lever(clamp=a.clamp, rho=a.rho, tau=float(derived.get("tau", a.tau)), gamma=a.gamma,
                  t_int=0 if a.clamp == "none" else a.clamp_start(fork_step),
                  target=a.target if a.clamp == "absolute" else None, w_c=w_c,
-                 tau_source=derived.get("tau_source", a.tau_source))
+                 alloc_base=derived.get("alloc_base"), tau_source=derived.get("tau_source", a.tau_source))
 
 
 def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
@@ -39,6 +39,8 @@ def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
         out["w_c"] = float(w)
         out["w_c_at_grok"] = conventions.median(r.get("weight_norm_at_grok") for r in results
                                                 if conventions.grokked(r))
+        if a.clamp == "alloc":          # the control's own allocation is the base the gammas move from
+            out["alloc_base"] = conventions.alloc_base(results)
     return out
 
 

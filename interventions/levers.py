@@ -8,12 +8,13 @@
   member's own weight_norm entering its first clamped step, i.e. at t_int - 1, or at the fork when it
   was forked later than that). The allocation clamp holds every layer at its own target instead.
 
-Allocation (gamma): base per-layer norms b_l (the free control's allocation, MemberConfig.alloc_base;
-default: the member's own allocation entering its first clamped step) are scaled so that the total is
-the target T, giving B_l. Then squared norm moves between the embedding and the readout at fixed total:
-    |W_read|^2 = (1 + gamma) B_read^2,    |E|^2 = B_E^2 - gamma B_read^2,    other layers B_l,
-(read = W2 for the MLP, W_U for the transformer). This reproduces the released alloc/ cells exactly
-(e.g. p=59: |E|^2 falls by 0.3 * B_W2^2 from gamma 0 to 0.3, |W1| stays 43.80).
+Allocation (gamma): base per-layer norms b_l (the free control's allocation at the end of its run,
+Lever.alloc_base, derived like w_c; default: the member's own allocation entering its first clamped step)
+are scaled so that the total is the target T, giving B_l. Then squared norm moves between the embedding
+and the readout at fixed total: with theta0 = B_read^2 / (B_E^2 + B_read^2) and theta = clip(theta0 (1 +
+gamma), 0.02, 0.98), |W_read|^2 = theta (B_E^2 + B_read^2), |E|^2 = (1 - theta) (B_E^2 + B_read^2), other
+layers B_l (read = W2 for the MLP, W_U for the transformer); unclipped, |W_read|^2 = (1 + gamma) B_read^2.
+This reproduces the released alloc/ cells (p=59: |W1| stays 43.80 for every gamma).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .vocab import CLAMPS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("ce", "mse")
+THETA_CLIP = (0.02, 0.98)  # the allocation clamp's bounds on the readout's share (PAPER.md)
 _KIND = {"none": 0, "w_c": 1, "n0": 1, "absolute": 1, "alloc": 2}  # engine code: none, total norm, per layer
 
 
@@ -130,14 +132,14 @@ def softmax_collapse(s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def alloc_targets(base: list[float], total: float, gamma: float, i_embed: int, i_read: int) -> list[float]:
-    """Per-layer targets (see module doc); base: per-matrix norms; raises if gamma empties a layer."""
+    """Per-layer targets (PAPER.md, "Layer allocation"): base per-matrix norms scaled to `total`; the
+    readout's share theta0 of the embedding + readout power becomes clip(theta0 (1 + gamma), 0.02, 0.98),
+    every other layer keeps its scaled norm."""
     scale = total / math.sqrt(sum(b * b for b in base))
-    B = [b * scale for b in base]
-    sq = [x * x for x in B]
-    sq[i_read] = (1.0 + gamma) * B[i_read] ** 2
-    sq[i_embed] = B[i_embed] ** 2 - gamma * B[i_read] ** 2
-    if min(sq) <= 0:
-        raise ValueError(f"gamma={gamma} leaves a layer with no norm (squared targets {sq})")
+    sq = [(b * scale) ** 2 for b in base]
+    rem = sq[i_embed] + sq[i_read]
+    theta = min(max(sq[i_read] / rem * (1.0 + gamma), THETA_CLIP[0]), THETA_CLIP[1])
+    sq[i_read], sq[i_embed] = theta * rem, (1.0 - theta) * rem
     return [math.sqrt(x) for x in sq]
 
 
@@ -179,7 +181,7 @@ class Clamp:
         """
         rows = ((self.first == step) & (self.kind > 0)).nonzero().flatten().tolist()
         for i in rows:
-            m, lv = members[i], members[i].lever
+            lv = members[i].lever
             layer = sq[i].double().sqrt().tolist()
             n0 = math.sqrt(sum(x * x for x in layer))
             self.N0[i] = n0
@@ -188,11 +190,8 @@ class Clamp:
             if lv.clamp == "alloc":
                 base = [lv.alloc_base[n] for n in self.matrices] if lv.alloc_base else layer
                 ie, ir = (self.matrices.index(n) for n in self.alloc_layers)
-                try:
-                    self.layer_target[i] = torch.tensor(alloc_targets(base, total, lv.gamma, ie, ir),
-                                                        dtype=torch.float64)
-                except ValueError as err:
-                    raise ValueError(f"member {m.key}: {err}") from None
+                self.layer_target[i] = torch.tensor(alloc_targets(base, total, lv.gamma, ie, ir),
+                                                    dtype=torch.float64)
         return rows
 
     def apply(self, step: int, P: dict[str, torch.Tensor], sq: torch.Tensor, rows: slice = slice(None)) -> None:

@@ -228,7 +228,10 @@ class MemberRecord:
                 "delay": tg - tm if tm is not None and tg is not None else None,
                 "grokked": tg is not None, "diverged": self.diverged,
                 "logit_scale_at_grok": self.logit_scale_at_grok, "weight_norm_at_grok": self.weight_norm_at_grok,
-                "weight_norm_final": norm[-1][1] if norm else None, "N0": self.N0,
+                "weight_norm_final": norm[-1][1] if norm else None,
+                "layer_norms_final": {k[5:]: v[-1][1] for k, v in self.curves.items()
+                                      if k.startswith("norm/") and k != "norm/total" and v},
+                "N0": self.N0,
                 "target": self.target, "final_step": self.final_step or step,
                 "retired_at": self.retired_at, "retire_reason": self.retire_reason,
                 "start_step": self.start_step, "fork_from": self.fork_from, "fork_step": self.fork_step}

@@ -15,6 +15,7 @@ Python, no torch, no MLflow), so an arm matched on one statistic is never scored
 - `w_c`: the median, over the control's grokked seeds, of each seed's weight_norm at the end of its run
   (`weight_norm_final`). With `retire: arm` that end is the step at which the control's last seed
   grokked, the paper's definition; with `retire: member` it is each seed's own t_grok.
+- `alloc_base`: the allocation clamp's base per-layer norms, the same way per layer (`layer_norms_final`).
 """
 from __future__ import annotations
 
@@ -92,3 +93,12 @@ def w_c(results: list[dict]) -> float | None:
     if not majority(len(ok), len(results)):
         return None
     return median(r.get("weight_norm_final") for r in ok)
+
+
+def alloc_base(results: list[dict]) -> dict[str, float] | None:
+    """Per-layer median, over the control's grokked seeds, of each seed's layer norm at the end of its run
+    (the allocation clamp's base shares, PAPER.md); None without a grokking majority."""
+    ok = [r for r in results if grokked(r) and r.get("layer_norms_final")]
+    if not majority(len(ok), len(results)):
+        return None
+    return {k: median(r["layer_norms_final"].get(k) for r in ok) for k in ok[0]["layer_norms_final"]}
