@@ -193,9 +193,43 @@ def make_report(experiment: str, uri: str, out: Path, json_path: Path, log: bool
     return {"results": results, "notes": notes, "files": [str(f) for f in files]}
 
 
+def paper_report(uri: str, preset: str, out: Path, json_path: Path) -> dict:
+    """`analyses.report paper`: analysis.paper's three-way table over every experiment it finds."""
+    from analyses import paper
+    from tracking.store import client
+    names = [e.name for e in client(uri).search_experiments()]
+    published, fresh = paper.experiments(names, preset)
+    merged: dict[str, dict[str, list[dict]]] = {"published": {}, "fresh": {}}
+    notes: list[str] = []
+    for side, exps in (("published", published), ("fresh", fresh)):
+        for x in exps:
+            try:
+                members, cells, _ = load(x, uri)
+            except ReportError as e:
+                notes.append(str(e))
+                continue
+            results, why = analyse(members, cells)
+            notes += [f"{x}: {n}" for n in why]
+            for design, rows in results.items():
+                merged[side].setdefault(design, []).extend(rows)
+    if not published and not fresh:
+        raise ReportError(f"no paper experiments in {uri}: import the published data (python -m "
+                          "tracking.import_npz) or run the suite (python -m interventions.run paper)")
+    rows = paper.table(merged["published"], merged["fresh"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(paper.markdown(rows, published, fresh, notes))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"figures": rows, "published": published, "fresh": fresh, "notes": notes},
+                                    indent=2, allow_nan=False, default=float))
+    return {"results": {"paper": rows}, "notes": notes, "files": [str(out / "report.md"), str(json_path)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analyses.report", description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", help="MLflow experiment name, e.g. fork_study or paper/mediation")
+    ap.add_argument("experiment", help="MLflow experiment name, e.g. fork_study or paper/mediation; `paper`: "
+                                       "one report over the paper's published data and the paper suite's runs")
+    ap.add_argument("--preset", default="paper", help="with `paper`: the suite preset of the fresh runs "
+                                                      "(paper | default; default paper)")
     ap.add_argument("--tracking-uri", help="store URI (default $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     ap.add_argument("--out", help="output folder (default reports/<experiment>)")
     ap.add_argument("--json", help="JSON path (default <out>/report.json)")
@@ -206,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else out / "report.json"
     try:
         check_uri(uri)
-        made = make_report(args.experiment, uri, out, json_path)
+        made = (paper_report(uri, args.preset, out, json_path) if args.experiment == "paper"
+                else make_report(args.experiment, uri, out, json_path))
     except (StoreError, ReportError) as e:
         print(f"analyses.report: {e}", file=sys.stderr)
         return 2

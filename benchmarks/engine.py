@@ -1,6 +1,7 @@
 """Engine throughput vs a plain PyTorch loop on the paper's main cell (issue 2, acceptance 2).
 
     python -m benchmarks.engine [--steps 300] [--reference-steps 30] [--threads N] [--kernels K] [--json PATH]
+    python -m benchmarks.engine --model transformer_noln [--steps 100] [--reference-steps 20]
 
 Both train the same members (p=59 MLP, 12 seeds, full batch, CE, float32, same seeds and splits, eval of
 all p^2 pairs every 25 steps): the engine as one cohort; the reference the way common grokking code does
@@ -9,6 +10,8 @@ same machine load. Prints member-steps per second of each and their ratio, and t
 threads) per member-step, a figure that shared, loaded cores distort less; --json writes
 engine_member_steps_per_s, reference_member_steps_per_s, ratio (plus the CPU figures and settings).
 --kernels aten|native picks the engine's CPU path (default auto: the compiled kernels where they build).
+--model transformer_noln times the paper's no-LayerNorm transformer (d_model 128, 4 heads, MLP 512, lr 5e-4;
+ATen path) against a textbook nn.Module of the same shapes (its own init, the engine's splits).
 """
 from __future__ import annotations
 
@@ -38,6 +41,27 @@ class PlainMLP(nn.Module):
         return self.l2(F.gelu(self.l1(self.embed(x).flatten(1))))
 
 
+class PlainTransformer(nn.Module):
+    """The no-LayerNorm transformer as common grokking code writes it: tokens [a, b, =], learned positions,
+    causal attention over all three positions, a GeLU MLP, no biases, the logits read at "="."""
+
+    def __init__(self, p: int, d: int, n_heads: int, d_mlp: int):
+        super().__init__()
+        self.p, self.nh = p, n_heads
+        self.embed, self.pos = nn.Embedding(p + 1, d), nn.Parameter(torch.randn(3, d) / d ** 0.5)
+        self.qkv, self.o = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.w_in, self.w_out = nn.Linear(d, d_mlp, bias=False), nn.Linear(d_mlp, d, bias=False)
+        self.unembed = nn.Linear(d, p, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        h = self.embed(torch.cat([x, x.new_full((n, 1), self.p)], 1)) + self.pos
+        q, k, v = (t.view(n, 3, self.nh, -1).transpose(1, 2) for t in self.qkv(h).chunk(3, -1))
+        h = h + self.o(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(n, 3, -1))
+        h = h + self.w_out(F.gelu(self.w_in(h)))
+        return self.unembed(h[:, -1])
+
+
 class Reference:
     """One module + AdamW per member, started from the engine's init and split."""
 
@@ -47,6 +71,12 @@ class Reference:
         grid = torch.stack([torch.arange(p).repeat_interleave(p), torch.arange(p).repeat(p)], 1)
         self.x_all, self.y_all = grid, cohort.labels
         for i in range(len(cohort.members)):
+            if cfg.model != "mlp":
+                net = PlainTransformer(p, cfg.d_model, cfg.n_heads, cfg.d_mlp)
+                opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                        weight_decay=cfg.weight_decay)
+                self.items.append((net, opt, grid[cohort.train_idx[i]], cohort.labels[cohort.train_idx[i]]))
+                continue
             net = PlainMLP(p, cfg.d_embed, cfg.d_hidden)
             with torch.no_grad():
                 net.embed.weight.copy_(cohort.P["E"][i])
@@ -83,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--members", type=int, default=12)
     ap.add_argument("--p", type=int, default=59)
     ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--model", default="mlp", choices=["mlp", "transformer_noln"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--kernels", default="auto", choices=["auto", "native", "aten"],
                     help="engine CPU path (interventions/native; default auto)")
@@ -91,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = CohortConfig(p=args.p, precision=args.precision, kernels=args.kernels)
+    tf = dict(model="transformer_noln", lr=5e-4) if args.model != "mlp" else {}
+    cfg = CohortConfig(p=args.p, precision=args.precision, kernels=args.kernels, **tf)
     members = [MemberConfig(key=f"bench/{s}", seed=s, budget=10**9) for s in range(args.members)]
     cohort = Cohort(cfg, members)
     ref = Reference(cohort, cfg)
@@ -115,10 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
            "engine_cpu_ms_per_member_step": cpu_ms["engine"],
            "reference_cpu_ms_per_member_step": cpu_ms["reference"],
            "cpu_ratio": cpu_ms["reference"] / cpu_ms["engine"],
-           "members": args.members, "p": args.p, "precision": args.precision, "kernels": cohort.kernels,
+           "members": args.members, "p": args.p, "model": args.model, "precision": args.precision,
+           "kernels": cohort.kernels,
            "engine_steps": args.steps, "reference_steps": args.reference_steps,
            "torch_threads": torch.get_num_threads(), "load_average_1m": os.getloadavg()[0]}
-    print(f"p={args.p} members={args.members} {args.precision} kernels={cohort.kernels} "
+    print(f"{args.model} p={args.p} members={args.members} {args.precision} kernels={cohort.kernels} "
           f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
     print(f"{'':10} {'member-steps/s':>15} {'cpu-ms/member-step':>19}")
     for s in ("engine", "reference"):

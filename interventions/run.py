@@ -3,7 +3,9 @@
     python -m interventions.run STUDY [--preset NAME] [--set k=v ...] [--tracking-uri URI]
                                 [--experiment NAME] [--device cpu|cuda] [--dry-run] [--fresh]
 
-STUDY is a bundled study name (fork_study, mediation, collapse_grid) or a path to a YAML file. Rerunning
+STUDY is a bundled study name (fork_study, mediation, collapse_grid, dose_law, allocation, precision_audit,
+transformer), a suite (`paper`: all of them, each at its paper preset, or at `--preset default`), or a path
+to a YAML file. Rerunning
 the same command after an interruption resumes from the last snapshot; a finished study is not retrained
 unless --fresh. Bad input exits with status 2 and one message naming the file, the key path and the reason.
 """
@@ -14,6 +16,7 @@ import sys
 
 from .graph import build_graph
 from .spec import SpecError, load_study
+from .suite import find_suite, load_suite, run_suite
 
 EXIT_BAD_INPUT = 2
 
@@ -21,7 +24,7 @@ EXIT_BAD_INPUT = 2
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m interventions.run",
                                  description="Run an intervention-graph study and track it in MLflow.")
-    ap.add_argument("study", help="bundled study name (fork_study, mediation, collapse_grid) or a YAML path")
+    ap.add_argument("study", help="bundled study name (fork_study, mediation, ...), a suite (paper) or a YAML path")
     ap.add_argument("--preset", help="named preset of the study file (default: 'default' if it has one)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override any field by dotted key, e.g. --set defaults.task.p=31 "
@@ -45,12 +48,18 @@ def default_experiment(study_name: str, preset: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    suite = find_suite(args.study)
     try:
-        study = load_study(args.study, args.preset, args.sets)
-        graph = build_graph(study)
+        if suite is not None:
+            if args.experiment:
+                raise SpecError(suite, "--experiment", "a suite gives each study its own experiment")
+            studies = load_suite(suite, args.preset, args.sets)
+        else:
+            studies = [(build_graph(load_study(args.study, args.preset, args.sets)), None)]
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    graph, study = studies[0][0], studies[0][0].study
     from tracking.store import StoreError, check_uri, resolve_uri
     uri = resolve_uri(args.tracking_uri)
     experiment = args.experiment or default_experiment(study.study, study.preset)
@@ -59,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as e:
         print(f"error: {study.source}: --tracking-uri: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if suite is None:
+        studies = [(graph, experiment)]
     if args.dry_run:
         from .runner import snapshot_dir
         from .views import render
-        print(render(graph))
-        print(f"  tracking: {uri}, experiment {experiment!r}; snapshots in {snapshot_dir(uri, experiment)}")
+        for g, x in studies:
+            print(render(g))
+            print(f"  tracking: {uri}, experiment {x!r}; snapshots in {snapshot_dir(uri, x)}")
         print("dry run: nothing trained, nothing written")
         return 0
     if args.device == "cuda":
@@ -72,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {study.source}: --device: cuda requested but no CUDA device is available",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
-    from .runner import ResumeError, run_study
+    from .runner import ResumeError
     try:
-        run_study(graph, uri=uri, experiment=experiment, device=args.device, fresh=args.fresh,
-                  progress=not args.no_progress)
+        run_suite(studies, uri=uri, device=args.device, fresh=args.fresh, progress=not args.no_progress,
+                  summary=suite is not None)
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -103,3 +103,34 @@ def test_allocation_swing(p59):
     res, md, _ = p59[1]["alloc"]
     assert round(only(res["allocation"])["swing"], 1) == 2.2
     assert "| 2.2 |" in md
+
+
+@pytest.fixture(scope="module")
+def paper_report(paper_metrics, tmp_path_factory):
+    """`analyses.report paper` over the release's p = 59 files (and the p = 43 dose cells), imported."""
+    from tracking.import_npz import import_dir
+    root = tmp_path_factory.mktemp("paper")
+    for folder in ("mediation", "collapse", "dose", "alloc", "samestate", "transformer"):
+        (root / "src" / folder).mkdir(parents=True)
+        for f in (paper_metrics / folder).glob("*.npz"):
+            if ("p59" in f.name or "_p43_" in f.name) and not f.stem.endswith("_weights"):
+                (root / "src" / folder / f.name).symlink_to(f)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    import_dir(root / "src", uri, log=lambda *_: None)
+    js = root / "paper.json"
+    assert report.main(["paper", "--tracking-uri", uri, "--out", str(root / "out"), "--json", str(js)]) == 0
+    return json.loads(js.read_text()), (root / "out" / "report.md").read_text()
+
+
+def test_the_paper_report_fills_the_published_column_with_the_printed_values(paper_report):
+    res, md = paper_report
+    rows = {r["quantity"]: r for r in res["figures"]}
+    assert res["fresh"] == [] and len(res["published"]) == 6
+    released = [r for r in rows.values() if r["published"] is not None]
+    assert len(released) >= 45                      # everything but the float64 audit (not released)
+    off = {q for q, r in rows.items() if r in released and r["paper"] is not None
+           and abs(r["published"] - r["paper"]) > max(0.005 * abs(r["paper"]), 0.0015)}
+    # the release holds 4 of the 6 collapse-free p = 43 dose cells (PAPER.md): n and delta AIC differ
+    assert off == {"dose law p = 43: n", "dose law p = 43: delta AIC"}, off
+    assert rows["float64 audit rho 1.15: T32"]["published"] is None
+    assert "| T0, median t_grok (CE) | 3675 | 3675 (+0.0%) | - |" in md

@@ -1,0 +1,130 @@
+"""`python -m analyses.report paper`: one report over the paper's experiments, three numbers per figure of
+PAPER.md: the value the paper prints, the value computed from its published data (the importer's
+`paper/<folder>` experiments) and the value from fresh runs (the `paper` suite's experiments, found by
+name: `<study>-paper` and `<study>-paper_mse`, or `<study>` and `mediation-default_mse` for `--preset
+default`), each with its relative difference from the printed value."""
+from __future__ import annotations
+
+import math
+
+# (quantity, printed value (None: not reached), design, where (row filter), field; "a/b" nests,
+# "sweep[tau=1.3]/T" picks the list item with tau 1.3). PAPER.md, "Published figures" and "More".
+CE, MLP = {"p": 59, "loss": "ce", "model": "mlp", "time": "t_grok"}, {"p": 59, "model": "mlp"}
+MSE = {"p": 59, "loss": "mse", "model": "mlp", "time": "t_grok"}
+TF = {"p": 59, "model": "transformer_noln", "time": "t_grok"}
+FIGURES = [
+    ("T0, median t_grok (CE)", 3675, "recovery", CE, "T0"),
+    ("T1, median t_grok (CE)", 12600, "recovery", CE, "T1"),
+    ("recovery fraction (CE)", 0.833, "recovery", CE, "estimate"),
+    ("interpolated T2 (CE)", 5166, "recovery", CE, "T2_interpolated"),
+    *[(f"CE sweep at rho 1.15, tau {t}: median t_grok", v, "recovery", CE, f"sweep[tau={t}]/T")
+      for t, v in ((1.0, 12600), (1.15, 9100), (1.3, 6825), (1.5, 4700), (1.7, 3450))],
+    *[(f"CE sweep at rho 1.15, tau {t}: L at grok", v, "recovery", CE, f"sweep[tau={t}]/L")
+      for t, v in ((1.0, 34.31), (1.15, 29.46), (1.3, 26.50), (1.5, 23.13), (1.7, 20.89))],
+    ("baseline L at grok (CE)", 23.87, "recovery", CE, "L_baseline"),
+    ("collapse R^2, L alone", 0.968, "collapse", MLP, "r2_logit"),
+    ("collapse R^2, rho alone", 0.407, "collapse", MLP, "r2_rho"),
+    ("collapse R^2, both", 0.988, "collapse", MLP, "r2_both"),
+    ("collapse, increment of rho", 0.020, "collapse", MLP, "delta_r2_rho"),
+    *[(f"same-state median delay from the fork, {a}", v, "fork", MLP, f"delays/{a}")
+      for a, v in (("clamp_lowered", 1525), ("free", 4225), ("clamp_same", 7200), ("clamp_raised", 24162))],
+    ("same-state ratio raised / same", 3.36, "fork", MLP, "ratio_raised_same"),
+    ("same-state ordering, seeds", 12, "fork", MLP, "ordered_seeds"),
+    ("memorization control, delay share (CE)", 1.003, "memorization_control", {**CE, "time": None},
+     "delay_share"),
+    ("dose law p = 59: alpha", 0.140, "dose_law", MLP, "alpha"),
+    ("dose law p = 59: R^2", 0.991, "dose_law", MLP, "r2"),
+    ("dose law p = 59: n", 7, "dose_law", MLP, "n"),
+    ("dose law p = 59: delta AIC", 6.40, "dose_law", MLP, "delta_aic"),
+    ("dose law p = 43: alpha", 0.173, "dose_law", {"p": 43, "model": "mlp"}, "alpha"),
+    ("dose law p = 43: R^2", 0.987, "dose_law", {"p": 43, "model": "mlp"}, "r2"),
+    ("dose law p = 43: n", 6, "dose_law", {"p": 43, "model": "mlp"}, "n"),
+    ("dose law p = 43: delta AIC", 0.4, "dose_law", {"p": 43, "model": "mlp"}, "delta_aic"),
+    ("layer allocation swing", 2.2, "allocation", MLP, "swing"),
+    ("MSE: T0", 1175, "recovery", MSE, "T0"),
+    ("MSE: T1", 2225, "recovery", MSE, "T1"),
+    *[(f"MSE sweep at rho 1.15, tau {t}: median t_grok", v, "recovery", MSE, f"sweep[tau={t}]/T")
+      for t, v in ((1.15, 2088), (1.3, 1900), (1.5, 1700), (1.7, 1550))],
+    ("no-LN transformer: baseline t_grok", 1238, "recovery", TF, "T0"),
+    ("no-LN transformer: baseline L at grok", 208, "recovery", TF, "L_baseline"),
+    *[(f"no-LN transformer sweep at rho 1.15, tau {t}: t_grok", v, "recovery", TF, f"sweep[tau={t}]/T")
+      for t, v in ((1.0, 16112), (1.15, 9525), (1.3, 6525), (1.5, 4712), (1.7, 3462))],
+    ("float64 audit rho 1.15: T32", 12750, "precision", {"p": 59, "rho": 1.15}, "t_grok_float32"),
+    ("float64 audit rho 1.15: T64", 12160, "precision", {"p": 59, "rho": 1.15}, "t_grok_float64"),
+    ("float64 audit rho 1.15: sc32", 0.0, "precision", {"p": 59, "rho": 1.15}, "sc_float32"),
+    ("float64 audit rho 1.15: sc64", 0.0, "precision", {"p": 59, "rho": 1.15}, "sc_float64"),
+    ("float64 audit rho 1.25: T32", 25400, "precision", {"p": 59, "rho": 1.25}, "t_grok_float32"),
+    ("float64 audit rho 1.25: T64 (not grokked by 60k)", None, "precision", {"p": 59, "rho": 1.25},
+     "t_grok_float64"),
+    ("float64 audit rho 1.25: sc32", 0.31, "precision", {"p": 59, "rho": 1.25}, "sc_float32"),
+    ("float64 audit rho 1.25: sc64", 0.0, "precision", {"p": 59, "rho": 1.25}, "sc_float64"),
+]
+
+
+def _close(a, b) -> bool:
+    return isinstance(a, (int, float)) and math.isclose(float(a), float(b), rel_tol=0, abs_tol=1e-6)
+
+
+def pick(rows: list[dict], where: dict, field: str):
+    """The field of the first row matching `where` (None: no row, or no such value)."""
+    where = {k: v for k, v in where.items() if v is not None}
+    row = next((r for r in rows if all(_close(r.get(k), v) if isinstance(v, (int, float)) else r.get(k) == v
+                                       for k, v in where.items())), None)
+    for part in field.split("/") if row is not None else []:
+        if "[" in part:
+            name, cond = part[:-1].split("[")
+            key, value = cond.split("=")
+            row = next((x for x in row.get(name) or [] if _close(x.get(key), float(value))), None)
+        else:
+            row = row.get(part) if isinstance(row, dict) else None
+        if row is None:
+            return None
+    return row
+
+
+def experiments(names: list[str], preset: str) -> tuple[list[str], list[str]]:
+    """(published, fresh) experiment names of a store: `paper/<folder>`, and the suite's at `preset`."""
+    published = sorted(n for n in names if n.startswith("paper/"))
+    if preset == "default":
+        fresh = [n for n in names if "/" not in n and n != "Default" and ("-" not in n or n.endswith("-default_mse"))]
+    else:
+        fresh = [n for n in names if "/" not in n and (n.endswith(f"-{preset}") or n.endswith(f"-{preset}_mse"))]
+    return published, sorted(fresh)
+
+
+def rel(value, printed) -> float | None:
+    if value is None or printed is None or not isinstance(value, (int, float)) or printed == 0:
+        return None
+    return (float(value) - printed) / abs(printed)
+
+
+def table(published: dict[str, list[dict]], fresh: dict[str, list[dict]]) -> list[dict]:
+    """One row per figure: quantity, paper, published (and its relative difference), fresh (and its)."""
+    out = []
+    for quantity, printed, design, where, field in FIGURES:
+        a, b = pick(published.get(design, []), where, field), pick(fresh.get(design, []), where, field)
+        out.append({"quantity": quantity, "design": design, "paper": printed, "published": a,
+                    "published_rel": rel(a, printed), "fresh": b, "fresh_rel": rel(b, printed)})
+    return out
+
+
+def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: list[str]) -> str:
+    def f(v):
+        if v is None:
+            return "-"
+        return f"{v:.0f}" if isinstance(v, float) and abs(v) >= 100 else (f"{v:.4g}" if isinstance(v, float)
+                                                                          else str(v))
+
+    def r(v):
+        return "" if v is None else f" ({v:+.1%})"
+    lines = ["# The paper, three ways", "",
+             "Each figure of PAPER.md: the value the paper prints, the value from its published data "
+             "(imported), and from fresh runs; in brackets the relative difference from the printed value. "
+             "'-': not in that source (not run yet, not released, or not reached).", "",
+             f"Published data: {', '.join(published) or 'none imported'}. Fresh runs: {', '.join(fresh) or 'none'}.",
+             "", "| quantity | paper | published data | fresh runs |", "|---|---|---|---|"]
+    lines += [f"| {x['quantity']} | {f(x['paper'])} | {f(x['published'])}{r(x['published_rel'])} | "
+              f"{f(x['fresh'])}{r(x['fresh_rel'])} |" for x in rows]
+    if notes:
+        lines += ["", "## Not computed", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
