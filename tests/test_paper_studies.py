@@ -70,6 +70,8 @@ def test_the_paper_suite_names_every_study_and_refuses_what_it_cannot_run(capsys
     assert "preset paper_mse" in out and "experiment 'mediation-paper_mse'" in out
     assert main(["paper", "--preset", "default", "--dry-run"]) == 0
     assert "experiment 'fork_study';" in capsys.readouterr().out
+    assert main(["paper", "--preset", "smoke", "--dry-run"]) == 0      # every study at its own experiment
+    assert "experiment 'mediation-smoke_mse'" in capsys.readouterr().out
     assert main(["paper", "--preset", "huge"]) == 2
     assert main(["paper", "--experiment", "mine"]) == 2
     assert "a suite gives each study its own experiment" in capsys.readouterr().err
