@@ -83,11 +83,12 @@ class Workspace:
             b = self.bufs[name] = [torch.empty_like(t) for t in like]
         return b
 
-    def native(self, name: str) -> torch.Tensor:
-        """A float32 buffer the native kernels size themselves (they grow it on demand)."""
-        b = self.bufs.get("native:" + name)
+    def native(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """A buffer of `dtype` the native kernels size themselves (they grow it on demand)."""
+        key = f"native:{name}:{dtype}"
+        b = self.bufs.get(key)
         if b is None:
-            b = self.bufs["native:" + name] = torch.empty(0)
+            b = self.bufs[key] = torch.empty(0, dtype=dtype)
         return b
 
 

@@ -1,4 +1,4 @@
-"""The native backend: the float32 MLP's training step and evaluation on a CPU by the compiled kernels.
+"""The native backend: the MLP's training step and evaluation on a CPU (float32, float64) by the compiled kernels.
 
 One call per member step and per member evaluation (interventions/native: mlp_cpu.cpp, built on first
 use; the same mathematics as the ATen backend's, rounded differently in the last bits).
@@ -45,7 +45,7 @@ class Native(Backend):
             G = ws.get_list("native:grads", P)  # gradients live only inside the step: one set per thread
             args = (b.a[0], b.b[0], b.y.view(-1), inv_tau[i], ce)
             for s in range(1, k + 1):
-                loss = self.module.train_step(P, G, m1, m2, *args, steps[s - 1], hp, ws.native("train"))
+                loss = self.module.train_step(P, G, m1, m2, *args, steps[s - 1], hp, ws.native("train", P[0].dtype))
                 clamp(slice(i, i + 1), t0 + s)
                 if not math.isfinite(loss):
                     stopped[i] = t0 + s
@@ -58,7 +58,7 @@ class Native(Backend):
         def work(b: models.Batch, ws: models.Workspace) -> None:
             i = b.s
             got = self.module.evaluate(self.rows[i][0], c.labels, self.split[i], inv_tau[i], ce, full,
-                                       ws.native("eval"))
+                                       ws.native("eval", self.rows[i][0][0].dtype))
             for k, v in zip(SUMS, got):
                 sums[k][i] = v
         return work

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for the MLP (mlp_cpu.cpp): one member's training step and evaluation per call.
+"""Compiled CPU kernels for the MLP (mlp_cpu.cpp), float32 and float64: one member's step or evaluation per call.
 
 Built on first use with torch's C++ extension loader (gcc/g++ and ninja, ~1 min once; torch caches the
 build under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR); backends/native.py calls them. Where they
@@ -82,8 +82,6 @@ def applies(cfg) -> str | None:
     """Why the native kernels cannot run this cohort configuration, or None if they can."""
     if cfg.model != "mlp":
         return f"model {cfg.model} (native kernels: mlp only)"
-    if cfg.precision != "float32":
-        return f"precision {cfg.precision} (native kernels: float32 only)"
     if not str(cfg.device).startswith("cpu"):
         return f"device {cfg.device} (native kernels: cpu only)"
     if cfg.d_hidden % 8:

@@ -1,5 +1,6 @@
 // The paper's MLP on a CPU: one member's training step, and its evaluation, each one call that releases
-// the GIL (so members on different worker threads run truly in parallel).
+// the GIL (so members on different worker threads run truly in parallel). float32 and float64 (templates
+// on the scalar type; the float64 GeLU uses ATen's vectorized erf and exp, i.e. Sleef's 1-ulp versions).
 //
 // The mathematics of models.MLP.loss_grads + optim.AdamW (the ATen path), arranged for one core:
 //   * the first layer is the ATen path's two table lookups (Ta = E W1a + b1, Tb = E W1b), fused with the
@@ -22,14 +23,14 @@
 
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "interventions native MLP kernels: ", what); }
 
-float hsum(const Vec& v) {  // lanes summed in order
-  float lanes[Vec::size()];
+template <typename T>
+T hsum(const at::vec::Vectorized<T>& v) {  // lanes summed in order
+  using Vec = at::vec::Vectorized<T>;
+  T lanes[Vec::size()];
   v.store(lanes);
-  float s = 0.0f;
+  T s = 0;
   for (int i = 0; i < Vec::size(); ++i) s += lanes[i];
   return s;
 }
@@ -38,7 +39,10 @@ float hsum(const Vec& v) {  // lanes summed in order
 // range). Below ln(FLT_MIN) it returns the subnormal result, as ATen's exp does (2^n applied in two
 // normal factors, so the result rounds once, in the last multiply), and 0 below about -103.97. A call
 // into Sleef per vector cost more than this arithmetic.
-inline Vec exp_inline(const Vec& x_in) {
+using Vecf = at::vec::Vectorized<float>;
+
+inline Vecf exp_inline(const Vecf& x_in) {
+  using Vec = Vecf;
   const Vec hi(88.3762626647949f), lo(-104.0f);  // exp(-104) rounds to 0
   const Vec x0 = at::vec::minimum(at::vec::maximum(x_in, lo), hi);
   const Vec fx = (at::vec::fmadd(x0, Vec(1.44269504088896341f), Vec(0.5f))).floor();
@@ -60,7 +64,8 @@ inline Vec exp_inline(const Vec& x_in) {
 
 // gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x), exact-erf GeLU; erf(u), u = x / sqrt(2), as in
 // ATen's Vectorized<float>::erf (|error| < 1.5e-7).
-inline void gelu_and_grad(const Vec& x, Vec& h, Vec& gd) {
+inline void gelu_and_grad(const Vecf& x, Vecf& h, Vecf& gd) {
+  using Vec = Vecf;
   const Vec kAlpha(float(M_SQRT1_2)), kBeta(float(M_2_SQRTPI * M_SQRT1_2 * 0.5));
   const Vec one(1.0f), half(0.5f);
   const Vec p(0.3275911f), p1(0.254829592f), p2(-0.284496736f), p3(1.421413741f), p4(-1.453152027f),
@@ -75,13 +80,23 @@ inline void gelu_and_grad(const Vec& x, Vec& h, Vec& gd) {
   gd = cdf + x * (kBeta * ex);
 }
 
-// Work buffers: views into `ws`, the calling thread's float32 buffer, grown on demand and kept between
+// float64: gelu(x) = x Phi(x), Phi from ATen's Vectorized<double>::erf (what the ATen path's gelu calls),
+// gelu'(x) = Phi(x) + x phi(x) with ATen's exp.
+inline void gelu_and_grad(const at::vec::Vectorized<double>& x, at::vec::Vectorized<double>& h,
+                          at::vec::Vectorized<double>& gd) {
+  using Vec = at::vec::Vectorized<double>;
+  const Vec cdf = Vec(0.5) * (Vec(1.0) + (x * Vec(M_SQRT1_2)).erf());
+  h = x * cdf;
+  gd = cdf + x * (Vec(M_2_SQRTPI * M_SQRT1_2 * 0.5) * (Vec(-0.5) * x * x).exp());
+}
+
+// Work buffers: views into `ws`, the calling thread's buffer of the working precision, grown on demand and kept between
 // calls (fresh MB-sized allocations every step cost page faults).
 struct Carver {
   at::Tensor& ws;
   int64_t off = 0;
-  Carver(at::Tensor& w, std::initializer_list<int64_t> sizes) : ws(w) {
-    check(ws.is_contiguous() && ws.scalar_type() == at::kFloat, "workspace: a contiguous float32 tensor");
+  Carver(at::Tensor& w, at::ScalarType st, std::initializer_list<int64_t> sizes) : ws(w) {
+    check(ws.is_contiguous() && ws.scalar_type() == st, "workspace: a contiguous tensor of the parameters' dtype");
     int64_t need = 0;
     for (int64_t n : sizes) need += (n + 15) / 16 * 16;
     if (ws.numel() < need) ws.resize_({need});
@@ -104,7 +119,7 @@ void tables(const std::vector<at::Tensor>& P, at::Tensor& T) {
 }
 
 // W2 padded to Pp columns with zeros, b2 with `fill` (-inf keeps the pads out of a softmax).
-void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p, float fill) {
+void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p, double fill) {
   const int64_t p = P[2].size(1);
   W2p.zero_();
   W2p.narrow(1, 0, p).copy_(P[2]);
@@ -117,11 +132,13 @@ void readout(const std::vector<at::Tensor>& P, at::Tensor& W2p, at::Tensor& b2p,
 // d loss / d logits to db2 (P,) and returns the block's summed per-pair loss value, which only serves
 // the divergence check (non-finite exactly when the logits are). The operations, and their order, are
 // levers.loss_and_dlogits's (the ATen path), so both round alike.
-double loss_rows(at::Tensor& zb, const float* bias, const int64_t* y, int64_t p, float inv_tau, bool ce,
-                 float* db2, int64_t Ntot) {
+template <typename T>
+double loss_rows(at::Tensor& zb, const T* bias, const int64_t* y, int64_t p, T inv_tau, bool ce, T* db2,
+                 int64_t Ntot) {
+  using Vec = at::vec::Vectorized<T>;
   const int64_t N = zb.size(0), P = zb.size(1);
-  float* z = zb.data_ptr<float>();
-  const float g_scale = ce ? inv_tau / float(Ntot) : inv_tau * float(2.0 / Ntot);
+  T* z = zb.data_ptr<T>();
+  const T g_scale = ce ? inv_tau / T(Ntot) : inv_tau * T(2.0 / Ntot);
   const Vec vinv(inv_tau), vg(g_scale);
   double loss = 0.0;
   if (ce) {
@@ -132,17 +149,17 @@ double loss_rows(at::Tensor& zb, const float* bias, const int64_t* y, int64_t p,
     // exp or a sum of our own decided them differently (issue: the raised arm grokked 11% early)
     at::_softmax_out(zb, zb, 1, false);
     for (int64_t i = 0; i < N; ++i) {
-      float* s = z + i * P;
+      T* s = z + i * P;
       const int64_t yi = y[i];
-      loss -= std::log(double(std::max(s[yi], std::numeric_limits<float>::min())));
-      s[yi] = s[yi] + -1.0f;  // softmax - onehot
+      loss -= std::log(double(std::max(s[yi], std::numeric_limits<T>::min())));
+      s[yi] = s[yi] + T(-1);  // softmax - onehot
       for (int64_t j = 0; j < P; j += Vec::size()) (Vec::loadu(s + j) * vg).store(s + j);
     }
   } else {  // pads: zero logits and bias, zero target: no loss, zero gradient
     for (int64_t i = 0; i < N; ++i) {
-      float* s = z + i * P;
+      T* s = z + i * P;
       for (int64_t j = 0; j < p; ++j) {
-        const float r = (s[j] + bias[j]) * inv_tau - (j == y[i] ? 1.0f : 0.0f);
+        const T r = (s[j] + bias[j]) * inv_tau - (j == y[i] ? T(1) : T(0));
         loss += double(r) * double(r);
         s[j] = r * g_scale;
       }
@@ -157,11 +174,12 @@ double loss_rows(at::Tensor& zb, const float* bias, const int64_t* y, int64_t p,
 // MKL: MKL's result for this small product with a transposed operand differed in the last bit between a
 // thread's first training step and its later ones (MKL_CBWR did not prevent it, nor did warming up),
 // which broke bit-identical resume.
-void embed_grad(const float* dTa, const float* dTb, const float* W1a, const float* W1b, int64_t p, int64_t d,
-                int64_t H, float* dE) {
+template <typename T>
+void embed_grad(const T* dTa, const T* dTb, const T* W1a, const T* W1b, int64_t p, int64_t d, int64_t H, T* dE) {
+  using Vec = at::vec::Vectorized<T>;
   for (int64_t x = 0; x < p; ++x) {
     for (int64_t k = 0; k < d; ++k) {
-      Vec acc0(0.0f), acc1(0.0f);
+      Vec acc0(T(0)), acc1(T(0));
       for (int64_t j = 0; j < H; j += Vec::size()) {
         acc0 = at::vec::fmadd(Vec::loadu(dTa + x * H + j), Vec::loadu(W1a + k * H + j), acc0);
         acc1 = at::vec::fmadd(Vec::loadu(dTb + x * H + j), Vec::loadu(W1b + k * H + j), acc1);
@@ -171,40 +189,38 @@ void embed_grad(const float* dTa, const float* dTb, const float* W1a, const floa
   }
 }
 
-// One member's training step. P, G, m1, m2: E (p, d), W1 (2d, H), W2 (H, p), b1 (H,), b2 (p,) (no member
-// dim; G is scratch); a, b, y (N,): the training pairs' operands and labels; hp: lr, beta1, beta2, eps,
-// weight decay. Loss and gradients on all N pairs, then AdamW (weight decay on E, W1, W2, not on the
-// biases). Returns the loss before the step.
-double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vector<at::Tensor> m1,
-                  std::vector<at::Tensor> m2, const at::Tensor& a, const at::Tensor& b, const at::Tensor& y,
-                  double inv_tau, bool ce, const at::Tensor& adam_step, std::vector<double> hp, at::Tensor ws) {
-  at::NoGradGuard no_grad;
+// One member's training step (train_step below), in T.
+template <typename T>
+double train_step_t(std::vector<at::Tensor>& P, std::vector<at::Tensor>& G, std::vector<at::Tensor>& m1,
+                    std::vector<at::Tensor>& m2, const at::Tensor& a, const at::Tensor& b, const at::Tensor& y,
+                    double inv_tau, bool ce, const at::Tensor& adam_step, const std::vector<double>& hp,
+                    at::Tensor& ws) {
+  using Vec = at::vec::Vectorized<T>;
   const int64_t p = P[0].size(0), d = P[0].size(1), H = P[1].size(1), N = a.size(0), Pp = (p + 15) / 16 * 16;
-  check(P[0].scalar_type() == at::kFloat && P[0].device().is_cpu(), "float32 CPU tensors only");
-  check(H % Vec::size() == 0, "d_hidden must be a multiple of 8");
+  check(H % 8 == 0, "d_hidden must be a multiple of 8");
   check(a.is_contiguous() && b.is_contiguous() && y.is_contiguous() && a.scalar_type() == at::kLong &&
         b.scalar_type() == at::kLong && y.scalar_type() == at::kLong, "indices: contiguous int64");
   for (const auto& x : P) check(x.is_contiguous(), "parameters: contiguous");
   for (const auto& g : G) check(g.is_contiguous(), "gradients: contiguous");
   const int64_t B = std::min<int64_t>(N, 512);  // pairs per block: its h, GeLU', logits stay in L2
-  Carver c(ws, {2 * p * H, H * Pp, Pp, B * H, B * H, B * Pp, 2 * p * H, H * Pp, Pp});
-  at::Tensor T = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
+  Carver c(ws, P[0].scalar_type(), {2 * p * H, H * Pp, Pp, B * H, B * H, B * Pp, 2 * p * H, H * Pp, Pp});
+  at::Tensor Tt = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
   at::Tensor h = c.take({B, H}), gd = c.take({B, H}), z = c.take({B, Pp});
   at::Tensor dT = c.take({2, p, H}), dW2 = c.take({H, Pp}), db2 = c.take({Pp});
-  tables(P, T);
-  readout(P, W2p, b2p, ce ? -std::numeric_limits<float>::infinity() : 0.0f);
-  const float* t = T.data_ptr<float>();
+  tables(P, Tt);
+  readout(P, W2p, b2p, ce ? -std::numeric_limits<double>::infinity() : 0.0);
+  const T* t = Tt.data_ptr<T>();
   const int64_t *pa = a.data_ptr<int64_t>(), *pb = b.data_ptr<int64_t>();
-  float *ph = h.data_ptr<float>(), *pg = gd.data_ptr<float>();
+  T *ph = h.data_ptr<T>(), *pg = gd.data_ptr<T>();
   db2.zero_();
   dT.zero_();
-  float* pdT = dT.data_ptr<float>();
+  T* pdT = dT.data_ptr<T>();
   double loss_sum = 0.0;
   for (int64_t n0 = 0; n0 < N; n0 += B) {
     const int64_t nb = std::min(B, N - n0);
     for (int64_t n = 0; n < nb; ++n) {
-      const float* ra = t + pa[n0 + n] * H;
-      const float* rb = t + (p + pb[n0 + n]) * H;
+      const T* ra = t + pa[n0 + n] * H;
+      const T* rb = t + (p + pb[n0 + n]) * H;
       for (int64_t j = 0; j < H; j += Vec::size()) {
         Vec hv, gv;
         gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
@@ -214,13 +230,13 @@ double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vec
     }
     at::Tensor hb = h.narrow(0, 0, nb), zb = z.narrow(0, 0, nb);
     at::mm_out(zb, hb, W2p);
-    loss_sum += loss_rows(zb, b2p.data_ptr<float>(), y.data_ptr<int64_t>() + n0, p, float(inv_tau), ce,
-                          db2.data_ptr<float>(), N);
+    loss_sum += loss_rows<T>(zb, b2p.data_ptr<T>(), y.data_ptr<int64_t>() + n0, p, T(inv_tau), ce,
+                             db2.data_ptr<T>(), N);
     if (n0 == 0) at::mm_out(dW2, hb.t(), zb); else dW2.addmm_(hb.t(), zb);
     at::mm_out(hb, zb, W2p.t());
     for (int64_t n = 0; n < nb; ++n) {
-      float* ra = pdT + pa[n0 + n] * H;
-      float* rb = pdT + (p + pb[n0 + n]) * H;
+      T* ra = pdT + pa[n0 + n] * H;
+      T* rb = pdT + (p + pb[n0 + n]) * H;
       for (int64_t j = 0; j < H; j += Vec::size()) {
         const Vec v = Vec::loadu(ph + n * H + j) * Vec::loadu(pg + n * H + j);
         (Vec::loadu(ra + j) + v).store(ra + j);
@@ -233,8 +249,8 @@ double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vec
   G[2].copy_(dW2.narrow(1, 0, p));
   G[4].copy_(db2.narrow(0, 0, p));
   at::sum_out(G[3], dTa, {0});  // every pair lands in exactly one row of Ta
-  embed_grad(dTa.data_ptr<float>(), dTb.data_ptr<float>(), P[1].data_ptr<float>(), P[1].data_ptr<float>() + d * H,
-             p, d, H, G[0].data_ptr<float>());
+  embed_grad<T>(dTa.data_ptr<T>(), dTb.data_ptr<T>(), P[1].data_ptr<T>(), P[1].data_ptr<T>() + d * H, p, d, H,
+                G[0].data_ptr<T>());
   at::Tensor GW1a = G[1].narrow(0, 0, d), GW1b = G[1].narrow(0, d, d);
   at::mm_out(GW1a, P[0].t(), dTa);
   at::mm_out(GW1b, P[0].t(), dTb);
@@ -251,14 +267,15 @@ double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vec
 // Sums over n rows of post-tau logits s (n, p) and their softmax prob (read only with `full`), labels y,
 // kinds (0 undefined pair, 1 training, 2 test) into out: [train hits, test hits, |s|, train loss, test
 // loss, sc (p_y == 1 exactly), saturated (max p > 0.999)]; Cohort._evaluate's definitions.
-void eval_rows(const float* ps, const float* pp, int64_t n, int64_t p, const int64_t* lab, const uint8_t* kinds,
-               bool ce, bool full, std::vector<double>& out) {
+template <typename T>
+void eval_rows(const T* ps, const T* pp, int64_t n, int64_t p, const int64_t* lab, const uint8_t* kinds, bool ce,
+               bool full, std::vector<double>& out) {
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t kind = kinds[i];
     if (kind == 0) continue;
     const int64_t y = lab[i];
-    const float* s = ps + i * p;
-    float m = -std::numeric_limits<float>::infinity(), sq = 0.0f;
+    const T* s = ps + i * p;
+    T m = -std::numeric_limits<T>::infinity(), sq = T(0);
     int64_t arg = 0;
     for (int64_t j = 0; j < p; ++j) {
       sq += s[j] * s[j];
@@ -269,7 +286,7 @@ void eval_rows(const float* ps, const float* pp, int64_t n, int64_t p, const int
     if (!full) continue;
     double per = 0.0;
     if (ce) {
-      float sum = 0.0f;
+      T sum = T(0);
       for (int64_t j = 0; j < p; ++j) sum += std::exp(s[j] - m);
       per = double(m) + std::log(double(sum)) - double(s[y]);
     } else {
@@ -280,9 +297,9 @@ void eval_rows(const float* ps, const float* pp, int64_t n, int64_t p, const int
     }
     out[kind == 1 ? 3 : 4] += per;
     if (kind == 1) {
-      const float* pr = pp + i * p;
-      out[5] += pr[y] == 1.0f;
-      out[6] += *std::max_element(pr, pr + p) > 0.999f;
+      const T* pr = pp + i * p;
+      out[5] += pr[y] == T(1);
+      out[6] += *std::max_element(pr, pr + p) > T(0.999);
     }
   }
 }
@@ -291,30 +308,31 @@ void eval_rows(const float* ps, const float* pp, int64_t n, int64_t p, const int
 // 0 undefined pair, 1 training, 2 test. Returns the sums [train hits, test hits, |logits / tau| over the
 // defined pairs, train loss, test loss, sc (p_y == 1 exactly), saturated (max p > 0.999)], the last four
 // over training pairs (losses over both) and only with `full`.
-std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels, const at::Tensor& split,
-                             double inv_tau_d, bool ce, bool full, at::Tensor ws) {
-  at::NoGradGuard no_grad;
+template <typename T>
+std::vector<double> evaluate_t(std::vector<at::Tensor>& P, const at::Tensor& labels, const at::Tensor& split,
+                               double inv_tau_d, bool ce, bool full, at::Tensor& ws) {
+  using Vec = at::vec::Vectorized<T>;
   const int64_t p = P[0].size(0), H = P[1].size(1), Pp = (p + 15) / 16 * 16;
-  check(P[0].scalar_type() == at::kFloat && H % Vec::size() == 0, "float32, d_hidden a multiple of 8");
+  check(H % 8 == 0, "d_hidden must be a multiple of 8");
   check(labels.is_contiguous() && split.is_contiguous() && split.scalar_type() == at::kByte, "labels/split");
   const int64_t R = std::max<int64_t>(1, 1024 / p);  // a-values per block of ~1024 pairs
-  Carver c(ws, {2 * p * H, H * Pp, Pp, R * p * H, R * p * Pp, R * p * p, R * p * p});
-  at::Tensor T = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
+  Carver c(ws, P[0].scalar_type(), {2 * p * H, H * Pp, Pp, R * p * H, R * p * Pp, R * p * p, R * p * p});
+  at::Tensor Tt = c.take({2, p, H}), W2p = c.take({H, Pp}), b2p = c.take({Pp});
   at::Tensor h = c.take({R * p, H}), z = c.take({R * p, Pp});
   at::Tensor S = c.take({R * p, p}), prob = c.take({R * p, p});  // logits / tau; their softmax
-  tables(P, T);
-  readout(P, W2p, b2p, 0.0f);
-  const float* t = T.data_ptr<float>();
+  tables(P, Tt);
+  readout(P, W2p, b2p, 0.0);
+  const T* t = Tt.data_ptr<T>();
   const int64_t* lab = labels.data_ptr<int64_t>();
   const uint8_t* sp = split.data_ptr<uint8_t>();
-  const float inv_tau = float(inv_tau_d);
+  const T inv_tau = T(inv_tau_d);
   std::vector<double> out(7, 0.0);
   for (int64_t a0 = 0; a0 < p; a0 += R) {
     const int64_t n = std::min(R, p - a0) * p;
-    float* ph = h.data_ptr<float>();
+    T* ph = h.data_ptr<T>();
     for (int64_t i = 0; i < n; ++i) {
-      const float* ra = t + (a0 + i / p) * H;  // Ta[a]
-      const float* rb = t + (p + i % p) * H;   // Tb[b]
+      const T* ra = t + (a0 + i / p) * H;  // Ta[a]
+      const T* rb = t + (p + i % p) * H;   // Tb[b]
       for (int64_t j = 0; j < H; j += Vec::size()) {
         Vec hv, gv;  // gv unused here
         gelu_and_grad(Vec::loadu(ra + j) + Vec::loadu(rb + j), hv, gv);
@@ -323,36 +341,75 @@ std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels
     }
     at::Tensor zb = z.narrow(0, 0, n), Sb = S.narrow(0, 0, n), pb = prob.narrow(0, 0, n);
     at::addmm_out(zb, b2p, h.narrow(0, 0, n), W2p);
-    const float* pz = zb.data_ptr<float>();
-    float* ps = Sb.data_ptr<float>();
+    const T* pz = zb.data_ptr<T>();
+    T* ps = Sb.data_ptr<T>();
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < p; ++j) ps[i * p + j] = pz[i * Pp + j] * inv_tau;
     // sc_frac and saturation from ATen's softmax (the ATen path's torch.softmax): p_y == 1 exactly is
     // a property of that arithmetic
     if (full) at::_softmax_out(pb, Sb, 1, false);
-    eval_rows(ps, pb.data_ptr<float>(), n, p, lab + a0 * p, sp + a0 * p, ce, full, out);
+    eval_rows<T>(ps, pb.data_ptr<T>(), n, p, lab + a0 * p, sp + a0 * p, ce, full, out);
   }
   return out;
 }
 
+// The entry points: float32 or float64, from the parameters' dtype.
+bool is_double(const at::Tensor& x, const char* what) {
+  check(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble), what);
+  return x.scalar_type() == at::kDouble;
+}
+
+// One member's training step. P, G, m1, m2: E (p, d), W1 (2d, H), W2 (H, p), b1 (H,), b2 (p,) (no member
+// dim; G is scratch); a, b, y (N,): the training pairs' operands and labels; hp: lr, beta1, beta2, eps,
+// weight decay. Loss and gradients on all N pairs, then AdamW (weight decay on E, W1, W2, not on the
+// biases). Returns the loss before the step.
+double train_step(std::vector<at::Tensor> P, std::vector<at::Tensor> G, std::vector<at::Tensor> m1,
+                  std::vector<at::Tensor> m2, const at::Tensor& a, const at::Tensor& b, const at::Tensor& y,
+                  double inv_tau, bool ce, const at::Tensor& adam_step, std::vector<double> hp, at::Tensor ws) {
+  at::NoGradGuard no_grad;
+  return is_double(P[0], "train_step: float32 or float64 CPU tensors")
+             ? train_step_t<double>(P, G, m1, m2, a, b, y, inv_tau, ce, adam_step, hp, ws)
+             : train_step_t<float>(P, G, m1, m2, a, b, y, inv_tau, ce, adam_step, hp, ws);
+}
+
+std::vector<double> evaluate(std::vector<at::Tensor> P, const at::Tensor& labels, const at::Tensor& split,
+                             double inv_tau, bool ce, bool full, at::Tensor ws) {
+  at::NoGradGuard no_grad;
+  return is_double(P[0], "evaluate: float32 or float64 CPU tensors")
+             ? evaluate_t<double>(P, labels, split, inv_tau, ce, full, ws)
+             : evaluate_t<float>(P, labels, split, inv_tau, ce, full, ws);
+}
+
 // Test hooks: the step's loss rows and the evaluation's row sums on given logits (tests/test_engine_native.py
 // compares them with the ATen path on constructed logits in the softmax-collapse regime).
+template <typename T>
+double loss_dlogits_t(at::Tensor& z, const at::Tensor& bias, const at::Tensor& y, double inv_tau, bool ce, int64_t p,
+                      int64_t Ntot, at::Tensor& db2) {
+  return loss_rows<T>(z, bias.data_ptr<T>(), y.data_ptr<int64_t>(), p, T(inv_tau), ce, db2.data_ptr<T>(), Ntot);
+}
+
 std::tuple<double, at::Tensor, at::Tensor> loss_dlogits(at::Tensor z, at::Tensor bias, at::Tensor y, double inv_tau,
                                                          bool ce, int64_t p, int64_t Ntot) {
-  check(z.is_contiguous() && z.dim() == 2 && z.size(1) % Vec::size() == 0 && bias.numel() == z.size(1),
-        "loss_dlogits: z (N, P) contiguous float32, P a multiple of 8, bias (P,)");
-  at::Tensor db2 = at::zeros({z.size(1)}, z.options());
-  const double loss = loss_rows(z, bias.contiguous().data_ptr<float>(), y.contiguous().data_ptr<int64_t>(), p,
-                                float(inv_tau), ce, db2.data_ptr<float>(), Ntot);
+  check(z.is_contiguous() && z.dim() == 2 && z.size(1) % 8 == 0 && bias.numel() == z.size(1) &&
+            bias.scalar_type() == z.scalar_type(),
+        "loss_dlogits: z (N, P) contiguous, P a multiple of 8, bias (P,) of z's dtype");
+  at::Tensor db2 = at::zeros({z.size(1)}, z.options()), bc = bias.contiguous(), yc = y.contiguous();
+  const double loss = is_double(z, "loss_dlogits: float32 or float64")
+                          ? loss_dlogits_t<double>(z, bc, yc, inv_tau, ce, p, Ntot, db2)
+                          : loss_dlogits_t<float>(z, bc, yc, inv_tau, ce, p, Ntot, db2);
   return {loss, z, db2};
 }
 
 std::vector<double> eval_logits(at::Tensor s, at::Tensor y, at::Tensor kinds, bool ce) {
-  check(s.is_contiguous() && s.dim() == 2 && s.scalar_type() == at::kFloat, "eval_logits: s (n, p) float32");
-  at::Tensor prob = at::_softmax(s, 1, false);
+  check(s.is_contiguous() && s.dim() == 2, "eval_logits: s (n, p) contiguous");
+  at::Tensor prob = at::_softmax(s, 1, false), yc = y.contiguous(), kc = kinds.contiguous();
   std::vector<double> out(7, 0.0);
-  eval_rows(s.data_ptr<float>(), prob.data_ptr<float>(), s.size(0), s.size(1), y.contiguous().data_ptr<int64_t>(),
-            kinds.contiguous().data_ptr<uint8_t>(), ce, true, out);
+  if (is_double(s, "eval_logits: float32 or float64"))
+    eval_rows<double>(s.data_ptr<double>(), prob.data_ptr<double>(), s.size(0), s.size(1), yc.data_ptr<int64_t>(),
+                      kc.data_ptr<uint8_t>(), ce, true, out);
+  else
+    eval_rows<float>(s.data_ptr<float>(), prob.data_ptr<float>(), s.size(0), s.size(1), yc.data_ptr<int64_t>(),
+                     kc.data_ptr<uint8_t>(), ce, true, out);
   return out;
 }
 
