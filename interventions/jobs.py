@@ -55,9 +55,14 @@ Emit = Callable[[tuple], None]
 def train(job: CohortJob, emit: Emit) -> dict:
     """Run the job; returns {"step", "results": Cohort.results(), "curves": {key: curves}}."""
     if job.checkpoint_file.is_file():
-        c = Cohort.from_state(snapshot.load(job.checkpoint_file)["cohort"])
+        snap = snapshot.load(job.checkpoint_file)
+        c = Cohort.from_state(snap["cohort"])
         emit(("resumed", c.step))
-        pending = [p for p in job.pauses if not (p.recorded and p.at <= c.step)]
+        # fork points passed before the checkpoint: recorded in the job, or (a retried job planned before
+        # they were reached) in the snapshot, which records the fork steps known when it was written
+        passed = snap.get("forks", {})
+        pending = [p for p in job.pauses
+                   if not ((p.recorded and p.at <= c.step) or passed.get(p.fork.name, c.step + 1) <= c.step)]
     else:
         init = None
         if job.fork_file is not None:
@@ -93,8 +98,22 @@ def train(job: CohortJob, emit: Emit) -> dict:
     return {"step": c.step, "results": c.results(), "curves": {k: c.curves(k) for k in c.records}}
 
 
+Done = Callable[[int, dict], None]   # done(i, result): job i of a run_all has finished with `result`
+
+
 class LocalExecutor:
-    """Trains a job in this process. A distributed executor implements the same `run`."""
+    """Trains jobs in this process, one after another. interventions.cluster.RayExecutor implements the
+    same `run_all` on a Ray cluster."""
+
+    slots = 1   # jobs at a time
 
     def run(self, job: CohortJob, emit: Emit) -> dict:
         return train(job, emit)
+
+    def run_all(self, work: list[tuple[CohortJob, Emit]], done: Done) -> None:
+        """Train every (job, emit) of `work`, calling done(i, result) as job i finishes."""
+        for i, (job, emit) in enumerate(work):
+            done(i, train(job, emit))
+
+    def close(self) -> None:
+        pass

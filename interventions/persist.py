@@ -16,10 +16,13 @@ class ResumeError(Exception):
     """The snapshots on disk belong to other settings of the study."""
 
 
-def snapshot_dir(uri: str, experiment: str) -> Path:
+def snapshot_dir(uri: str, experiment: str, base: str | Path | None = None) -> Path:
+    """<base>/<experiment>; base: given (--snapshot-dir), else snapshots/ beside a SQLite store, else
+    ./mlruns/snapshots."""
     from tracking.store import safe_name, sqlite_path
-    base = sqlite_path(uri).parent if uri.startswith("sqlite:") else Path.cwd() / "mlruns"
-    return base / "snapshots" / safe_name(experiment)
+    if base is None:
+        base = (sqlite_path(uri).parent if uri.startswith("sqlite:") else Path.cwd() / "mlruns") / "snapshots"
+    return Path(base).absolute() / safe_name(experiment)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -54,6 +54,22 @@ def pauses(graph: Graph, arms: list[str], forks: dict[str, int]) -> list[Pause]:
     return list(out.values())
 
 
+def split_group(graph: Graph, arms: list[str], parts: int) -> list[list[str]]:
+    """A cohort group as up to `parts` groups of whole arms with about equal member counts, for an
+    executor that runs jobs side by side. Exact: a member's arithmetic does not depend on its cohort-mates
+    and retirement groups are arms."""
+    parts = min(parts, len(arms))
+    if parts <= 1:
+        return [arms]
+    bins: list[list[str]] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for n in sorted(arms, key=lambda n: -len(graph.arms[n].seeds)):   # largest first, to the lightest bin
+        i = load.index(min(load))
+        bins[i].append(n)
+        load[i] += len(graph.arms[n].seeds)
+    return [sorted(b, key=arms.index) for b in bins]
+
+
 def job_id(arms: list[str]) -> str:
     h = hashlib.sha1("|".join(arms).encode()).hexdigest()[:8]
     return f"{arms[0]}+{len(arms) - 1}-{h}" if len(arms) > 1 else f"{arms[0]}-{h}"

@@ -2,6 +2,8 @@
 
     python -m interventions.run STUDY [--preset NAME] [--set k=v ...] [--tracking-uri URI]
                                 [--experiment NAME] [--device cpu|cuda] [--dry-run] [--fresh]
+                                [--executor local|ray [--ray-address ADDR] [--cpus-per-task N]]
+                                [--snapshot-dir DIR]
 
 STUDY is a bundled study name (fork_study, mediation, collapse_grid, dose_law, allocation, precision_audit,
 transformer), a suite (`paper`: all of them, each at its paper preset, or at `--preset default`), or a path
@@ -34,6 +36,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--experiment", help="MLflow experiment (default: the study name; "
                                          "<study>-<preset> for presets other than 'default')")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="where cohorts train: this process (default) or a Ray cluster, a wave's cohorts at once")
+    ap.add_argument("--ray-address", metavar="ADDR",
+                    help="with --executor ray: 'auto' or HOST:PORT joins a running cluster (default: start a "
+                         "local Ray instance for this command)")
+    ap.add_argument("--cpus-per-task", type=int, metavar="N",
+                    help="with --executor ray: CPUs (worker threads) per cohort task (default: the smallest "
+                         "node's CPU count)")
+    ap.add_argument("--snapshot-dir", metavar="DIR",
+                    help="where fork states, cohort checkpoints and state.json go (default: beside a SQLite "
+                         "store, else ./mlruns/snapshots); on a cluster, a folder every node can read")
     ap.add_argument("--dry-run", action="store_true",
                     help="validate and print the expanded graph; train and write nothing")
     ap.add_argument("--fresh", action="store_true",
@@ -70,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if suite is None:
         studies = [(graph, experiment)]
+    if (args.ray_address or args.cpus_per_task) and args.executor != "ray":
+        print(f"error: {study.source}: --ray-address/--cpus-per-task: only with --executor ray", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.dry_run:
         from .runner import snapshot_dir
         from .views import render
         for g, x in studies:
             print(render(g))
-            print(f"  tracking: {uri}, experiment {x!r}; snapshots in {snapshot_dir(uri, x)}")
+            print(f"  tracking: {uri}, experiment {x!r}; snapshots in {snapshot_dir(uri, x, args.snapshot_dir)}")
         print("dry run: nothing trained, nothing written")
         return 0
     if args.device == "cuda":
@@ -84,10 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {study.source}: --device: cuda requested but no CUDA device is available",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
+    executor = None
+    if args.executor == "ray":
+        from .cluster import ClusterError, RayExecutor
+        try:
+            executor = RayExecutor(args.ray_address, cpus=args.cpus_per_task, device=args.device)
+        except ClusterError as e:
+            print(f"error: {study.source}: --executor ray: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     from .runner import ResumeError
     try:
         run_suite(studies, uri=uri, device=args.device, fresh=args.fresh, progress=not args.no_progress,
-                  summary=suite is not None)
+                  summary=suite is not None, executor=executor, snapshots=args.snapshot_dir)
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -98,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: open runs marked KILLED; run the same command again to resume",
               file=sys.stderr)
         return 130
+    finally:
+        if executor is not None:
+            executor.close()
     return 0
 
 

@@ -90,8 +90,7 @@ class Runner:
             waves = self.g.waves(set(self.state["arms"]))
             if not waves:
                 break
-            for group in waves[0]:
-                self._run_group(group)
+            self._run_wave(waves[0])
         arms = self.state["arms"]
         self.worker.put(self.tracker.finish_study, arm_table(self.g.order, arms),
                         sum(a["status"] == "done" for a in arms.values()))
@@ -101,10 +100,21 @@ class Runner:
         self.worker.wait()
         return arms
 
-    def _run_group(self, group: list[str]) -> None:
+    def _run_wave(self, groups: list[list[str]]) -> None:
+        """Every cohort group of the wave as a job, all handed to the executor at once (a cluster runs
+        them side by side); each group's arms are logged as soon as its job is done."""
+        slots = getattr(self.executor, "slots", 1)   # jobs it runs side by side
+        groups = [part for g in groups for part in plan.split_group(self.g, g, slots)]
+        started = [s for s in map(self._start_group, groups) if s is not None]
+        work = [(job, self._events(job, runnable, bar)) for job, runnable, bar in started]
+        self.executor.run_all(work, lambda i, result: self._finish_group(*started[i], result))
+
+    def _start_group(self, group: list[str]):
+        """(job, runnable arms, progress bar) of a cohort group, its arm runs opened; None if no arm of
+        it can run."""
         runnable = [n for n in group if self._prepare(n)]
         if not runnable:
-            return
+            return None
         job = plan.cohort_job(self.g, runnable, {n: self.lever(n) for n in runnable}, self.state["forks"],
                               self.dir, self.device)
         for name in runnable:
@@ -113,8 +123,9 @@ class Runner:
             if "tau" in self.g.arms[name].derived:
                 desc += f"; tau {prm['tau']:.4g} = {prm['tau_source']}"
             self.worker.put(self.tracker.open_arm, name, prm, desc, list(self.g.arms[name].seeds))
-        bar = self._bar(runnable, job)
-        result = self.executor.run(job, self._events(job, runnable, bar))
+        return job, runnable, self._bar(runnable, job)
+
+    def _finish_group(self, job: CohortJob, runnable: list[str], bar, result: dict) -> None:
         bar.update(result["step"] - bar.n)
         bar.close()
         yaml_text = self.study.resolved_yaml()
@@ -142,7 +153,8 @@ class Runner:
                     return
                 writing.set()
                 self.worker.put(self._synced, snapshot.save, job.checkpoint_file,
-                                {"cohort": ev[1], "job": job.id, "digest": self.digest})
+                                {"cohort": ev[1], "job": job.id, "digest": self.digest,
+                                 "forks": dict(self.state["forks"])})
                 self.worker.put(writing.clear)
             elif kind == "fork":
                 fork, step, states = ev[1:]
@@ -214,13 +226,16 @@ class Runner:
 
 # ---------------------------------------------------------------- entry point
 def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", fresh: bool = False,
-              progress: bool = True, tracking: bool = True, log: Callable = print) -> dict[str, dict]:
-    """Run, resume, or (when finished) just report a study; returns {arm: {status, results, params}}."""
-    folder = snapshot_dir(uri, experiment)
+              progress: bool = True, tracking: bool = True, log: Callable = print, executor=None,
+              snapshots: str | Path | None = None) -> dict[str, dict]:
+    """Run, resume, or (when finished) just report a study; returns {arm: {status, results, params}}.
+    executor: jobs.LocalExecutor (default) or cluster.RayExecutor; snapshots: the snapshot base folder."""
+    folder = snapshot_dir(uri, experiment, snapshots)
     if fresh:
         _start_over(graph, uri, experiment, folder, tracking, log)
     make = (lambda: TrackerProcess(uri, experiment, graph.study.study)) if tracking else None
-    runner = Runner(graph, folder, make_tracker=make, device=device, progress=progress, log=log)
+    runner = Runner(graph, folder, make_tracker=make, device=device, progress=progress, log=log,
+                    executor=executor)
     if runner.finished:
         log(f"study {graph.study.study} already finished in experiment {experiment!r} (state in {folder}); "
             "not retraining (--fresh starts over)")

@@ -53,7 +53,8 @@ def load_suite(path: Path, preset: str | None, sets: list[str]) -> list[tuple[Gr
 
 
 def run_suite(studies: list[tuple[Graph, str]], *, uri: str, device: str, fresh: bool, progress: bool,
-              summary: bool = True, log=print) -> list[tuple[str, str, float]]:
+              summary: bool = True, executor=None, snapshots: str | None = None,
+              log=print) -> list[tuple[str, str, float]]:
     """Run (or resume, or just report) each study in turn; [(study, experiment, seconds)]."""
     from .runner import run_study
     done = []
@@ -61,7 +62,8 @@ def run_suite(studies: list[tuple[Graph, str]], *, uri: str, device: str, fresh:
         if summary:
             log(f"== {graph.study.study} (preset {graph.study.preset}) -> experiment {experiment!r}")
         t0 = time.perf_counter()
-        run_study(graph, uri=uri, experiment=experiment, device=device, fresh=fresh, progress=progress, log=log)
+        run_study(graph, uri=uri, experiment=experiment, device=device, fresh=fresh, progress=progress, log=log,
+                  executor=executor, snapshots=snapshots)
         done.append((graph.study.study, experiment, time.perf_counter() - t0))
     if summary:
         log("suite: " + "; ".join(f"{x} {s:.0f} s" for _, x, s in done) + f"; total {sum(s for *_, s in done):.0f} s")

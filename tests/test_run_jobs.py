@@ -35,3 +35,17 @@ def test_a_job_reports_only_plain_data_and_a_pickled_job_trains_the_same(tmp_pat
     assert pickle.loads(pickle.dumps(here)) == here == there
     fork = next(pickle.loads(e) for e in events if pickle.loads(e)[0] == "fork")
     assert sorted(fork[3]) == sorted(m.key.seed for m in job.members)   # member states by seed
+
+
+def test_a_group_splits_into_jobs_of_whole_arms_with_balanced_members():
+    """For an executor that runs jobs side by side (a Ray cluster): every arm in exactly one part, arms
+    kept whole (retirement groups are arms), member counts as even as whole arms allow."""
+    graph = build_graph(load_study("mediation"))
+    group = ["base", "up", "up_tau1.15", "up_tau1.3", "up_tau1.5", "up_tau1.7"]
+    assert plan.split_group(graph, group, 1) == [group]
+    parts = plan.split_group(graph, group, 4)
+    assert sorted(a for p in parts for a in p) == sorted(group) and len(parts) == 4
+    sizes = [sum(len(graph.arms[a].seeds) for a in p) for p in parts]
+    assert max(sizes) - min(sizes) <= len(graph.arms["base"].seeds)
+    assert all(p == sorted(p, key=group.index) for p in parts)      # the group's own order inside a part
+    assert plan.split_group(graph, ["ctrl"], 8) == [["ctrl"]]

@@ -1,0 +1,147 @@
+"""Past one machine: a study on Ray (`--executor ray`) tracked on the MLflow server over PostgreSQL
+(`python -m tracking.server`) ends with the same member summaries and every curve point as the local
+executor into SQLite: on a local Ray instance, after SIGKILL of the worker that trains a cohort, and on a
+two-node cluster in network namespaces of the test's own. Everything started here listens on 127.0.0.1
+or inside those namespaces, and is ended by its process id or group (benchmarks/netns.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import netns
+
+if os.environ.get("CI", "").lower() != "true":   # under CI every part must be there
+    pytest.importorskip("ray")
+    if shutil.which("initdb") is None:
+        pytest.skip("PostgreSQL's initdb is not on PATH", allow_module_level=True)
+STUDY = ["fork_study", "--preset", "smoke", "--no-progress"]
+
+
+def run_cli(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**netns.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return subprocess.run([sys.executable, "-m", "interventions.run", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=600, **kw)
+
+
+store_contents = netns.store_contents
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The smoke fork study on the local executor into SQLite."""
+    d = tmp_path_factory.mktemp("local")
+    uri = f"sqlite:///{d}/mlflow.db"
+    r = run_cli([*STUDY, "--tracking-uri", uri], d)
+    assert r.returncode == 0, r.stderr
+    return store_contents(uri, "fork_study-smoke")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with netns.reachable_dir() as d, netns.tracking_server(d / "data") as uri:
+        yield uri
+
+
+def test_ray_on_the_server_equals_local_on_sqlite(reference, server, tmp_path):
+    r = run_cli([*STUDY, "--executor", "ray", "--tracking-uri", server, "--experiment", "ray-a",
+                 "--snapshot-dir", str(tmp_path / "snap")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = store_contents(server, "ray-a")
+    assert set(got) == set(reference)
+    for name, (status, params, curves) in reference.items():
+        assert got[name][0] == status == "FINISHED", name
+        assert got[name][2] == curves, name    # every curve point, summaries included
+        assert got[name][1] == params, name
+
+
+def descendants(pid: int) -> list[int]:
+    kids = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_sigkill_of_the_worker_training_a_cohort_changes_nothing(reference, tmp_path):
+    """The Ray worker training the big cohort dies after its first checkpoint: Ray retries the task, it
+    resumes from the checkpoint, and the store ends identical (no duplicate, nothing left RUNNING)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**netns.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray",
+                             "--tracking-uri", uri], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    cohorts = tmp_path / "snapshots" / "fork_study-smoke" / "cohorts"
+    killed = None
+    try:
+        end = time.monotonic() + 300
+        while killed is None and proc.poll() is None and time.monotonic() < end:
+            if any(f.name.startswith("free+") for f in cohorts.glob("*.pt")):
+                workers = [p for p in descendants(proc.pid) if cmdline(p).startswith("ray::train_cohort:free+")]
+                if workers:
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed = workers[0]
+            time.sleep(0.1)
+        assert killed is not None, (tmp_path / "run.log").read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        left = descendants(proc.pid)
+        netns.stop(proc)
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert "resuming free" in (tmp_path / "run.log").read_text()
+    assert store_contents(uri, "fork_study-smoke") == reference
+
+
+@pytest.mark.skipif(netns.netns_available() is not None, reason=str(netns.netns_available()))
+def test_two_nodes_in_network_namespaces_equal_local(reference, tmp_path):
+    with netns.reachable_dir() as d, netns.two_nodes(d) as (address, uri, run):
+        r = run([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray", "--ray-address", address,
+                 "--tracking-uri", uri, "--snapshot-dir", str(tmp_path / "snap")], cwd=tmp_path, text=True,
+                capture_output=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        dump = run([sys.executable, "-m", "benchmarks.netns", uri, "fork_study-smoke"], text=True,
+                   capture_output=True, timeout=300)   # the server is reachable inside the namespace only
+    assert dump.returncode == 0, dump.stderr[-3000:]
+    assert json.loads(dump.stdout) == reference
+
+
+def test_unreachable_ray_address_or_server_is_one_line_and_exit_2(tmp_path):
+    port = netns.free_port()
+    r = run_cli([*STUDY, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], tmp_path)
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], r.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "snapshots").exists()
+    r = run_cli([*STUDY, "--executor", "ray", "--tracking-uri", f"http://127.0.0.1:{port}"], tmp_path)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "--tracking-uri" in r.stderr, r.stderr
+    assert not (tmp_path / "mlruns").exists()
