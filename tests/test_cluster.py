@@ -52,9 +52,21 @@ def server():
 
 
 def test_ray_on_the_server_equals_local_on_sqlite(reference, server, tmp_path):
-    r = run_cli([*STUDY, "--executor", "ray", "--tracking-uri", server, "--experiment", "ray-a",
-                 "--snapshot-dir", str(tmp_path / "snap")], tmp_path)
+    """... while a second study, started at the same moment against the same server, completes too."""
+    other = subprocess.Popen([sys.executable, "-m", "interventions.run", "mediation", "--preset", "smoke",
+                              "--no-progress", "--tracking-uri", server, "--snapshot-dir", str(tmp_path / "other")],
+                             cwd=tmp_path, env=netns.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        r = run_cli([*STUDY, "--executor", "ray", "--tracking-uri", server, "--experiment", "ray-a",
+                     "--snapshot-dir", str(tmp_path / "snap")], tmp_path)
+        _, err = other.communicate(timeout=600)
+    finally:
+        netns.stop(other)
     assert r.returncode == 0, r.stderr
+    assert other.returncode == 0, err[-3000:]
+    runs = store_contents(server, "mediation-smoke")
+    assert runs and all(status == "FINISHED" for status, _, _ in runs.values())
     got = store_contents(server, "ray-a")
     assert set(got) == set(reference)
     for name, (status, params, curves) in reference.items():
