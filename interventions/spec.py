@@ -53,9 +53,12 @@ def find_study(study: str | Path) -> Path:
 
 def load_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(path, "", f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:   # a binary file passed by mistake
+        raise SpecError(path, "", f"not a text (UTF-8) file: byte 0x{e.object[e.start]:02x} at offset "
+                                  f"{e.start}") from None
     try:
         doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:

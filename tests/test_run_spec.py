@@ -154,6 +154,15 @@ def test_bad_input_exits_2_with_one_clear_message(case, tmp_path, tracking_uri, 
     assert not (tmp_path / "mlruns").exists()         # nothing written to the store
 
 
+def test_a_binary_study_file_is_one_line_and_exit_2(tmp_path, tracking_uri, capsys):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04\x80\x81\xfe\x00 not yaml")   # e.g. a checkpoint passed by mistake
+    assert main([str(path), "--tracking-uri", tracking_uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.pt" in err and "not a text (UTF-8) file" in err, err
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_bad_set_and_preset_and_study(tmp_path, tracking_uri, capsys):
     path = write(tmp_path, MINI)
     for argv, frag in ((["--set", "arms.free.tau=-1"], "arms.free.tau"),

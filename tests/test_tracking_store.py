@@ -96,3 +96,18 @@ def test_delete_study_runs_soft_deletes_only_that_study_and_creates_nothing(trac
     deleted = c.search_runs([eid], run_view_type=ViewType.DELETED_ONLY)
     assert sorted(r.info.run_id for r in deleted) == sorted(ours)   # soft: still in the store
     assert delete_study_runs(tracking_uri, "fork_study", "fork_study") == 0
+
+
+def test_several_first_users_of_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """Two terminals, a fresh mlruns/: MLflow creates the schema on first use, and two first users both
+    ran its migrations ("duplicate column name: step"); store.client serializes the first use."""
+    import subprocess
+    import sys
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    code = ("import sys; from tracking.store import ensure_experiment; "
+            "print(ensure_experiment(sys.argv[1], sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, f"study{i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e[-2000:] for _, e in outs]
+    assert len({o.strip() for o, _ in outs}) == 4          # four experiments, one store

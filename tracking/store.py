@@ -164,8 +164,18 @@ def client(uri: str):
     quiet_mlflow_logs()
     if uri.startswith("sqlite:"):
         check_uri(uri)
-        sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
         _fast_sqlite()
+        # MLflow creates the schema when a client first opens the store; two first users at once both ran
+        # its migrations and one died ("duplicate column name: step"). Opening holds a lock file beside
+        # the database.
+        import fcntl
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)
+        return c
     return MlflowClient(tracking_uri=uri)
 
 
