@@ -34,7 +34,7 @@ from .jobs import CohortJob, LocalExecutor
 from .levers import Lever
 from .persist import ResumeError, Worker, load_state, snapshot_dir, write_text
 from .summary import arm_summary, arm_table
-from .tracker import NullRecorder, Tracker, TrackerProcess
+from .tracker import NullRecorder, Tracker, TrackerProcess, provenance
 
 __all__ = ["ResumeError", "Runner", "run_study", "snapshot_dir"]
 
@@ -85,7 +85,7 @@ class Runner:
                         {"design": st.design, "preset": st.preset, "digest": self.digest,
                          "source": Path(st.source).name, "n_arms": len(self.g.arms),
                          "seeds": ",".join(map(str, st.defaults.seed_list())), "kernels": ",".join(kernels)},
-                        st.resolved_yaml(), self.g, dict(self.state["forks"]))
+                        st.resolved_yaml(), self.g, dict(self.state["forks"]), provenance(native.built_path()))
         while True:
             waves = self.g.waves(set(self.state["arms"]))
             if not waves:

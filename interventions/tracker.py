@@ -41,6 +41,35 @@ class NullRecorder:
     def close(self): pass
 
 
+def provenance(kernels_path: str | None = None) -> dict[str, str]:
+    """Tags of the study run: the project's git commit, branch and dirty flag (MLflow's mlflow.source.*
+    tags, where the UI shows them; dirty: tracked files changed), the package version, the compiled
+    kernels' file, the host."""
+    from importlib.metadata import PackageNotFoundError, version
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+    try:
+        pkg = version("grokking-interventions")
+    except PackageNotFoundError:
+        pkg = "not installed"
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "interventions.run", "package_version": pkg,
+            "host": socket.gethostname()}
+    commit = git("rev-parse", "HEAD")
+    if commit:   # a git checkout (not an installed copy)
+        tags.update({"mlflow.source.git.commit": commit,
+                     "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD") or "",
+                     "git_dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false"})
+    if kernels_path:
+        tags["kernels_path"] = kernels_path
+    return tags
+
+
 class Tracker:
     def __init__(self, rec, study: str):
         self.rec, self.study = rec, study
@@ -54,9 +83,10 @@ class Tracker:
                 **({"seed": seed} if seed is not None else {}),
                 **({"design_role": design_role} if design_role else {})}
 
-    def open_study(self, description: str | None, params: dict, yaml_text: str, graph, forks: dict) -> None:
-        self.study_run = self.rec.run("study", self.study, tags=self._tags(), description=description,
-                                      params=params)
+    def open_study(self, description: str | None, params: dict, yaml_text: str, graph, forks: dict,
+                   provenance: dict | None = None) -> None:
+        self.study_run = self.rec.run("study", self.study, tags={**self._tags(), **(provenance or {})},
+                                      description=description, params=params)
         self.rec.log_text(self.study_run, yaml_text, "study.yaml")
         if graph is not None and not isinstance(self.rec, NullRecorder):
             from .views import draw_graph

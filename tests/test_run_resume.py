@@ -154,3 +154,23 @@ def test_runs_follow_the_mlflow_contract(reference):
     assert {"study.yaml", "curves.csv"} <= arm_files
     csv = Path(c.download_artifacts(arms.loc["free", "run_id"], "curves.csv")).read_text().splitlines()
     assert csv[0].startswith("arm,seed,step,") and "logit/scale" in csv[0] and len(csv) > 10
+
+
+def test_the_study_run_records_its_provenance(reference):
+    """git commit, branch and dirty flag of the project (MLflow's mlflow.source.* tags), package version,
+    the kernels' file and the host, on the study run."""
+    import socket
+    import subprocess
+    from mlflow import MlflowClient
+    from tracking.query import load_runs
+    uri = f"sqlite:///{reference}"
+    runs = load_runs("fork_study-smoke", uri)
+    tags = MlflowClient(uri).get_run(runs[runs.role == "study"].run_id.item()).data.tags
+    assert tags["host"] == socket.gethostname() and tags["package_version"] and tags["mlflow.source.type"] == "LOCAL"
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:   # a git checkout, as in CI
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert tags["git_dirty"] in ("true", "false") and "mlflow.source.git.branch" in tags
+    if tags.get("kernels_path"):
+        assert Path(tags["kernels_path"]).is_file()

@@ -78,6 +78,12 @@ def module():
         return _state["mod"]
 
 
+def built_path() -> str | None:
+    """The compiled module's file, where this process has loaded it."""
+    mod = _state.get("mod")
+    return getattr(mod, "__file__", None) if mod is not None else None
+
+
 def applies(cfg) -> str | None:
     """Why the native kernels cannot run this cohort configuration, or None if they can."""
     if cfg.model != "mlp":
