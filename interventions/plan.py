@@ -4,6 +4,7 @@ params of every arm (generated from its lever record)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from .cohort import CohortConfig, MemberConfig
@@ -52,6 +53,19 @@ def pauses(graph: Graph, arms: list[str], forks: dict[str, int]) -> list[Pause]:
         recorded = forks.get(f.name)
         out[f.name] = Pause(f, recorded, True) if recorded is not None else Pause(f, f.at)
     return list(out.values())
+
+
+def dataset(graph: Graph, name: str, seeds: list[int]) -> dict:
+    """The task of arm `name` as an MLflow dataset (Recorder.log_dataset): named like add_mod59_tf0.40,
+    digested over the task and the split seeds (a member's split is drawn from its seed), sized."""
+    from .tasks import make_task
+    cfg = cohort_config(graph, name, "cpu")
+    task = make_task(cfg.p, cfg.op)
+    n_train = task.n_train(cfg.train_fraction)
+    source = {"op": cfg.op, "p": cfg.p, "train_fraction": cfg.train_fraction, "split_seeds": list(seeds)}
+    return {"name": f"{cfg.op}_mod{cfg.p}_tf{cfg.train_fraction:.2f}",
+            "digest": hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12],
+            "source": source, "profile": {"train_pairs": n_train, "test_pairs": task.n_pairs - n_train}}
 
 
 def split_group(graph: Graph, arms: list[str], parts: int) -> list[list[str]]:

@@ -122,7 +122,10 @@ class Runner:
             desc = describe(self.g, name, prm["fork_step"])
             if "tau" in self.g.arms[name].derived:
                 desc += f"; tau {prm['tau']:.4g} = {prm['tau_source']}"
-            self.worker.put(self.tracker.open_arm, name, prm, desc, list(self.g.arms[name].seeds))
+            seeds = list(self.g.arms[name].seeds)
+            datasets = {None: plan.dataset(self.g, name, seeds),
+                        **{s: plan.dataset(self.g, name, [s]) for s in seeds}}
+            self.worker.put(self.tracker.open_arm, name, prm, desc, seeds, datasets)
         return job, runnable, self._bar(runnable, job)
 
     def _finish_group(self, job: CohortJob, runnable: list[str], bar, result: dict) -> None:

@@ -36,6 +36,7 @@ class NullRecorder:
     def log_summary(self, *_, **__): pass
     def log_artifact(self, *_, **__): pass
     def log_text(self, *_, **__): pass
+    def log_dataset(self, *_, **__): pass
     def flush(self): pass
     def finish(self, *_, **__): pass
     def close(self): pass
@@ -94,15 +95,21 @@ class Tracker:
                 draw_graph(graph, Path(tmp) / "graph.png", forks)
                 self.rec.log_artifact(self.study_run, str(Path(tmp) / "graph.png"))
 
-    def open_arm(self, name: str, params: dict, description: str, seeds: list[int]) -> None:
-        role = params.get("design_role")
+    def open_arm(self, name: str, params: dict, description: str, seeds: list[int],
+                 datasets: dict | None = None) -> None:
+        """datasets: {seed or None (the arm): plan.dataset(...)}, logged as each run's dataset input."""
+        role, datasets = params.get("design_role"), datasets or {}
         rid = self.rec.run("arm", name, parent_id=self.study_run, params=params, tags=self._tags(name, None, role),
                            description=description)
         self.arm_runs[name] = rid
         self.open_runs.append(rid)
+        if None in datasets:
+            self.rec.log_dataset(rid, **datasets[None])
         for seed in seeds:
             mid = self.rec.run("member", f"{name} seed={seed}", parent_id=rid, params={**params, "seed": seed},
                                tags=self._tags(name, seed, role), description=f"{description}; seed {seed}")
+            if seed in datasets:
+                self.rec.log_dataset(mid, **datasets[seed])
             self.member_runs[MemberKey(name, seed)] = mid
             self.open_runs.append(mid)
 

@@ -51,30 +51,6 @@ def server():
         yield uri
 
 
-def test_ray_on_the_server_equals_local_on_sqlite(reference, server, tmp_path):
-    """... while a second study, started at the same moment against the same server, completes too."""
-    other = subprocess.Popen([sys.executable, "-m", "interventions.run", "mediation", "--preset", "smoke",
-                              "--no-progress", "--tracking-uri", server, "--snapshot-dir", str(tmp_path / "other")],
-                             cwd=tmp_path, env=netns.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
-    try:
-        r = run_cli([*STUDY, "--executor", "ray", "--tracking-uri", server, "--experiment", "ray-a",
-                     "--snapshot-dir", str(tmp_path / "snap")], tmp_path)
-        _, err = other.communicate(timeout=600)
-    finally:
-        netns.stop(other)
-    assert r.returncode == 0, r.stderr
-    assert other.returncode == 0, err[-3000:]
-    runs = store_contents(server, "mediation-smoke")
-    assert runs and all(status == "FINISHED" for status, _, _ in runs.values())
-    got = store_contents(server, "ray-a")
-    assert set(got) == set(reference)
-    for name, (status, params, curves) in reference.items():
-        assert got[name][0] == status == "FINISHED", name
-        assert got[name][2] == curves, name    # every curve point, summaries included
-        assert got[name][1] == params, name
-
-
 def descendants(pid: int) -> list[int]:
     kids = {}
     for p in Path("/proc").iterdir():
@@ -99,16 +75,23 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def test_sigkill_of_the_worker_training_a_cohort_changes_nothing(reference, tmp_path):
-    """The Ray worker training the big cohort dies after its first checkpoint: Ray retries the task, it
-    resumes from the checkpoint, and the store ends identical (no duplicate, nothing left RUNNING)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_ray_on_the_server_with_a_killed_worker_equals_local_on_sqlite(reference, server, tmp_path):
+    """The smoke fork study on a local Ray instance, logging to the server; the Ray worker training its
+    largest cohort is SIGKILLed after that cohort's first checkpoint: Ray retries the task, it resumes from
+    the checkpoint, and every run ends FINISHED with the local executor's params and every curve point (no
+    duplicate point, nothing left RUNNING). Meanwhile a second study, started at the same moment against
+    the same server into its own experiment, completes too."""
+    other = subprocess.Popen([sys.executable, "-m", "interventions.run", "mediation", "--preset", "smoke",
+                              "--no-progress", "--tracking-uri", server, "--snapshot-dir", str(tmp_path / "other")],
+                             cwd=tmp_path, env=netns.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
     env = {**netns.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray",
-                             "--tracking-uri", uri], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             "--tracking-uri", server, "--experiment", "ray-a", "--snapshot-dir",
+                             str(tmp_path / "snap")], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    cohorts = tmp_path / "snapshots" / "fork_study-smoke" / "cohorts"
+    cohorts = tmp_path / "snap" / "ray-a" / "cohorts"
     killed = None
     try:
         end = time.monotonic() + 300
@@ -121,16 +104,26 @@ def test_sigkill_of_the_worker_training_a_cohort_changes_nothing(reference, tmp_
             time.sleep(0.1)
         assert killed is not None, (tmp_path / "run.log").read_text()[-3000:]
         assert proc.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        _, err = other.communicate(timeout=300)
+        assert other.returncode == 0, err[-3000:]
     finally:
         left = descendants(proc.pid)
         netns.stop(proc)
+        netns.stop(other)
         for p in left:
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     assert "resuming free" in (tmp_path / "run.log").read_text()
-    assert store_contents(uri, "fork_study-smoke") == reference
+    got = store_contents(server, "ray-a")
+    assert set(got) == set(reference)
+    for name, (status, params, curves) in reference.items():
+        assert got[name][0] == status == "FINISHED", name
+        assert got[name][2] == curves, name    # every curve point, summaries included
+        assert got[name][1] == params, name
+    runs = store_contents(server, "mediation-smoke")
+    assert runs and all(status == "FINISHED" for status, _, _ in runs.values())
 
 
 @pytest.mark.skipif(netns.netns_available() is not None, reason=str(netns.netns_available()))

@@ -174,3 +174,25 @@ def test_the_study_run_records_its_provenance(reference):
         assert tags["git_dirty"] in ("true", "false") and "mlflow.source.git.branch" in tags
     if tags.get("kernels_path"):
         assert Path(tags["kernels_path"]).is_file()
+
+
+def test_every_arm_and_member_run_has_its_task_as_a_dataset_input(reference):
+    """The UI's Dataset column: name like add_mod23_tf0.70, a digest of the task and split seed(s) (a
+    member's split is drawn from its seed: the same seed in two arms is the same data), train/test sizes."""
+    import json
+    from mlflow import MlflowClient
+    from tracking.query import load_runs
+    uri = f"sqlite:///{reference}"
+    runs = load_runs("fork_study-smoke", uri)
+    c = MlflowClient(uri)
+    seen = {}
+    for r in runs[runs.role != "study"].itertuples():
+        inputs = c.get_run(r.run_id).inputs.dataset_inputs
+        assert len(inputs) == 1, r.run_name
+        ds = inputs[0].dataset
+        p, tf = int(r.p), float(r.train_fraction)
+        assert ds.name == f"add_mod{p}_tf{tf:.2f}"
+        assert json.loads(ds.profile) == {"train_pairs": round(tf * p * p), "test_pairs": p * p - round(tf * p * p)}
+        if r.role == "member":
+            seen.setdefault(int(r.seed), set()).add(ds.digest)
+    assert all(len(d) == 1 for d in seen.values()) and len({next(iter(d)) for d in seen.values()}) == len(seen)

@@ -172,6 +172,15 @@ class Recorder:
         """Write `text` as artifact file `name` (e.g. "study.yaml", "curves/arm.csv")."""
         self.client.log_text(run_id, text, name)
 
+    def log_dataset(self, run_id: str, name: str, digest: str, source: dict, profile: dict,
+                    context: str = "train") -> None:
+        """The run's task as an MLflow dataset input (the UI's Dataset column); logging it again is a no-op."""
+        import json
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        ds = Dataset(name=name, digest=digest, source_type="code", source=json.dumps(source, sort_keys=True),
+                     profile=json.dumps(profile, sort_keys=True))
+        self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         """Buffer tags (mutable, e.g. a description known only at the end)."""
         self.pending.add(run_id, tags=[RunTag(k, param_str(v)) for k, v in tags.items()])
