@@ -324,12 +324,12 @@ def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, shots):
     assert arm_x > study_link.location["x"], "arms not indented under the study"
 
     # 3. Columns: MLflow 3 hides metric columns until picked ("Show more columns (N total)"). Drop the
-    #    empty Dataset/Source/Models columns, add each arm's one-line description and the seed-median
-    #    summaries t_grok and logit_scale_at_grok.
+    #    empty Source/Models columns, add each arm's one-line description and the seed-median
+    #    summaries t_grok and logit_scale_at_grok; the Dataset column shows each arm's task.
     _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Columns']"))).click()
     search = _wait(d).until(EC.element_to_be_clickable(
         (By.CSS_SELECTOR, 'input[placeholder="Search columns"]')))
-    for title in ["Dataset", "Source", "Models", "Description", *SUMMARY_COLUMNS]:
+    for title in ["Source", "Models", "Description", *SUMMARY_COLUMNS]:
         search.send_keys(Keys.CONTROL, "a")      # the menu lists ~60 columns: search rather than scroll
         search.send_keys(title)
         _wait(d).until(EC.element_to_be_clickable(
@@ -346,6 +346,9 @@ def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, shots):
         shown = cell.text.strip()     # MLflow cuts descriptions to 50 characters + "..." in the table
         cut = shown.endswith("...") and note.startswith(shown[:-3]) and len(shown) > 40
         assert shown == note or cut, f"runs table shows description {shown!r} for {arm}, store has {note!r}"
+        prm = runs[arm].data.params
+        task = f"{prm['op']}_mod{prm['p']}_tf{float(prm['train_fraction']):.2f}"   # e.g. add_mod23_tf0.70
+        assert task in d.find_element(By.CSS_SELECTOR, row).text, f"no dataset {task!r} in the row of {arm}"
         for key in SUMMARY_COLUMNS:
             cell = _wait(d).until(EC.visibility_of_element_located(
                 (By.CSS_SELECTOR, f'{row} [col-id="metrics.`{key}`"]')))
