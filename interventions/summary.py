@@ -42,22 +42,36 @@ def seed_mean_curves(member_curves) -> dict[str, list[tuple[int, float]]]:
     return {k: seed_mean_curve(c.get(k, []) for c in member_curves) for k in keys}
 
 
-def dense_curves_csv(arm: str, member_curves: dict) -> str:
-    """One row per (seed, step), one column per curve key; empty where a key has no value.
+def dense_curves(arm: str, member_curves: dict) -> tuple[list[str], list[list]]:
+    """(columns, rows): one row per (seed, step), one column per curve key, None where a key has no value.
     member_curves: {vocab.MemberKey: curves}."""
     keys = sorted({k for c in member_curves.values() for k in c})
-    buf = io.StringIO()
-    buf.write(",".join(["arm", "seed", "step", *keys]) + "\n")
+    rows = []
     for mkey, curves in member_curves.items():
         by_step: dict[int, dict[str, float]] = {}
         for k, pts in curves.items():
             for s, v in pts:
                 by_step.setdefault(s, {})[k] = v
-        seed = str(mkey.seed)
         for s in sorted(by_step):
             row = by_step[s]
-            buf.write(",".join([arm, seed, str(s), *(repr(row[k]) if k in row else "" for k in keys)]) + "\n")
+            rows.append([arm, mkey.seed, s, *(row.get(k) for k in keys)])
+    return ["arm", "seed", "step", *keys], rows
+
+
+def dense_curves_csv(arm: str, member_curves: dict) -> str:
+    """dense_curves as CSV text; empty where a key has no value."""
+    cols, rows = dense_curves(arm, member_curves)
+    buf = io.StringIO()
+    buf.write(",".join(cols) + "\n")
+    for r in rows:
+        buf.write(",".join([r[0], str(r[1]), str(r[2]), *("" if v is None else repr(v) for v in r[3:])]) + "\n")
     return buf.getvalue()
+
+
+def dense_curves_table(arm: str, member_curves: dict) -> dict[str, list]:
+    """dense_curves as columns, for mlflow's log_table (curves.json)."""
+    cols, rows = dense_curves(arm, member_curves)
+    return {c: [r[i] for r in rows] for i, c in enumerate(cols)}
 
 
 def arm_table(order: list[str], arms: dict[str, dict]) -> str:

@@ -18,7 +18,7 @@ import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .summary import dense_curves_csv, member_summary, seed_mean_curves
+from .summary import dense_curves_csv, dense_curves_table, member_summary, seed_mean_curves
 from .vocab import MemberKey
 
 
@@ -37,6 +37,7 @@ class NullRecorder:
     def log_artifact(self, *_, **__): pass
     def log_text(self, *_, **__): pass
     def log_dataset(self, *_, **__): pass
+    def log_table(self, *_, **__): pass
     def flush(self): pass
     def finish(self, *_, **__): pass
     def close(self): pass
@@ -128,6 +129,7 @@ class Tracker:
         self.rec.log_summary(rid, summary)
         self.rec.log_text(rid, yaml_text, "study.yaml")
         self.rec.log_text(rid, dense_curves_csv(name, curves), "curves.csv")
+        self.rec.log_table(rid, dense_curves_table(name, curves), "curves.json")
         self.rec.finish(rid)
         done = {rid, *(self.member_runs[r["key"]] for r in results)}
         self.open_runs = [r for r in self.open_runs if r not in done]

@@ -196,3 +196,26 @@ def test_every_arm_and_member_run_has_its_task_as_a_dataset_input(reference):
         if r.role == "member":
             seen.setdefault(int(r.seed), set()).add(ds.digest)
     assert all(len(d) == 1 for d in seen.values()) and len({next(iter(d)) for d in seen.values()}) == len(seen)
+
+
+def test_every_arms_curves_load_as_one_frame_with_mlflow_load_table(reference):
+    """README: mlflow.load_table("curves.json", extra_columns=["run_id"]) gives every arm's curves, one row
+    per (arm, seed, step), the same values as the arm's curves.csv."""
+    import mlflow
+    import pandas as pd
+    from tracking.query import load_runs
+    uri = f"sqlite:///{reference}"
+    runs = load_runs("fork_study-smoke", uri)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("fork_study-smoke")
+        df = mlflow.load_table("curves.json", extra_columns=["run_id"])
+        csv = pd.read_csv(mlflow.artifacts.download_artifacts(
+            run_id=runs[(runs.role == "arm") & (runs.run_name == "free")].run_id.item(), artifact_path="curves.csv"))
+    finally:
+        mlflow.set_tracking_uri(before)
+    arms = runs[runs.role == "arm"].set_index("run_id").run_name
+    assert set(df.arm) == set(arms) and (df.run_id.map(arms) == df.arm).all()
+    free = df[df.arm == "free"].drop(columns="run_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(free[csv.columns], csv, check_dtype=False)

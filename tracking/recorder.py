@@ -181,6 +181,10 @@ class Recorder:
                      profile=json.dumps(profile, sort_keys=True))
         self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
+    def log_table(self, run_id: str, data: dict, name: str) -> None:
+        """`data` (columns) as an MLflow table artifact `name` (mlflow.load_table reads it back)."""
+        self.client.log_table(run_id, data, name)
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         """Buffer tags (mutable, e.g. a description known only at the end)."""
         self.pending.add(run_id, tags=[RunTag(k, param_str(v)) for k, v in tags.items()])
