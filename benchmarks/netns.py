@@ -47,6 +47,32 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
             continue
 
 
+def descendants(pid: int) -> list[int]:
+    """Process ids of every descendant of `pid` (from /proc)."""
+    kids: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def spawn(cmd: list[str], log: Path, netns: str | None = None, env: dict | None = None) -> subprocess.Popen:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.Popen(prefix + cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env or ENV,

@@ -51,21 +51,7 @@ def server():
         yield uri
 
 
-def descendants(pid: int) -> list[int]:
-    kids = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
+descendants = netns.descendants
 
 
 def cmdline(pid: int) -> str:

@@ -216,3 +216,23 @@ def test_a_cohort_in_softmax_collapse_follows_the_aten_path(kernels):
         assert [s for s, _ in sc_n] == [s for s, _ in sc_a]
         n_train = round(GROKS["train_fraction"] * GROKS["p"] ** 2)
         assert max(abs(a - b) for (_, a), (_, b) in zip(sc_a, sc_n)) * n_train <= 1.0 + 1e-9, key
+
+
+def test_a_failed_build_falls_back_to_aten_with_one_warning(monkeypatch):
+    """README: without a compiler the engine warns once and trains on its ATen path; kernels="native"
+    is then an error that says why."""
+    import warnings
+
+    def no_compiler():
+        raise native.NativeUnavailable("could not be built: g++: command not found")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_build", no_compiler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = Cohort(CohortConfig(**SMALL), members(1))
+        second = Cohort(CohortConfig(**SMALL), members(1))
+    assert first.kernels == second.kernels == "aten"
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "g++: command not found" in msgs[0] and "ATen" in msgs[0], msgs
+    with pytest.raises(ValueError, match="native kernels unavailable: could not be built: g\\+\\+"):
+        Cohort(CohortConfig(**SMALL, kernels="native"), members(1))

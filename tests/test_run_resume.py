@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import netns
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -27,17 +29,29 @@ def run_to_end(db: Path, *extra: str) -> str:
     return out.stdout
 
 
-def kill_when(db: Path, ready, *extra: str, timeout: float = 240.0) -> None:
-    """Start the command, SIGKILL it as soon as ready() is true (checked every 20 ms)."""
-    proc = subprocess.Popen(command(db, *extra), env=ENV, cwd=db.parent, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    t0 = time.monotonic()
-    while not ready():
-        assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() - t0 < timeout, "kill point never reached"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def kill_when(db: Path, ready, *extra: str, sig=signal.SIGKILL, timeout: float = 240.0) -> tuple[int, str]:
+    """Start the command, send `sig` as soon as ready() is true (checked every 20 ms); (exit status, its
+    stdout + stderr). After SIGKILL its tracking process must end too (README: no orphan writer)."""
+    log = db.parent / "interrupted.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command(db, *extra), env=ENV, cwd=db.parent, stdout=out, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while not ready():
+            assert proc.poll() is None, f"finished before the kill point: {log.read_text()[-2000:]}"
+            assert time.monotonic() - t0 < timeout, "kill point never reached"
+            time.sleep(0.02)
+        children = netns.descendants(proc.pid)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=120)
+    if sig == signal.SIGKILL:
+        end = time.monotonic() + 20
+        while any(netns.alive(c) for c in children) and time.monotonic() < end:
+            time.sleep(0.1)
+        left = [c for c in children if netns.alive(c)]
+        for c in left:
+            os.kill(c, signal.SIGKILL)
+        assert not left, f"processes {left} outlived their SIGKILLed parent"
+    return rc, log.read_text()
 
 
 def snapshots(db: Path) -> Path:
@@ -82,6 +96,18 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, r
     kill_when(db, lambda: (snap / "forks" / "trunk@100m.pt").exists())                 # after the trunk
     kill_when(db, lambda: cohorts.is_dir() and any(p.name.startswith("free+")          # mid-arms
                                                     for p in cohorts.glob("*.pt")))
+    # the same experiment with other settings is refused (exit 2, one line), store and snapshots untouched
+    before, state = store(db), (snap / "state.json").read_text()
+    other = subprocess.run(command(db, "--set", "seeds=3"), env=ENV, cwd=db.parent, capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode == 2 and other.stderr.count("error:") == 1, other.stderr[-2000:]
+    assert store(db) == before and (snap / "state.json").read_text() == state
+    # Ctrl-C: exit 130, the open runs marked KILLED (none left RUNNING); the rerun resumes
+    resumed = db.parent / "interrupted.log"   # kill_when's output: SIGINT once training has resumed
+    rc, out = kill_when(db, lambda: "resuming free" in resumed.read_text(), sig=signal.SIGINT)
+    assert rc == 130 and "interrupted" in out, out[-2000:]
+    status = set(store(db)["status"].values())
+    assert "KILLED" in status and "RUNNING" not in status, status
     kill_when(db, lambda: cohorts.is_dir() and any(p.name.startswith("logit_matched")  # last wave
                                                     for p in cohorts.glob("*.pt")))
     out = run_to_end(db)
@@ -101,13 +127,18 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, r
     assert store(db)["metrics"] == a["metrics"]
     # ... unless --fresh, which deletes the study's old runs and snapshots, then trains again
     old_state = (snap / "state.json").read_text()
-    kill_when(db, lambda: (snap / "state.json").exists() and (snap / "state.json").read_text() != old_state
-              and (snap / "forks" / "trunk@100m.pt").exists(), "--fresh")
+    _, out = kill_when(db, lambda: (snap / "state.json").exists() and (snap / "state.json").read_text() != old_state
+                       and (snap / "forks" / "trunk@100m.pt").exists(), "--fresh")
+    assert "--fresh: deleted 31 runs of study 'fork_study'" in out, out[-2000:]
     con = sqlite3.connect(db)
     deleted = con.execute("SELECT COUNT(*) FROM runs WHERE lifecycle_stage = 'deleted'").fetchone()[0]
     con.close()
     assert deleted == 31
     assert not json.loads((snap / "state.json").read_text())["finished"]
+    # ... and the fresh run, resumed after that kill, ends identical to a first run
+    run_to_end(db)
+    assert member_summaries(db) == member_summaries(ref)
+    assert store(db)["metrics"] == b["metrics"] and store(db)["dup"] == []
 
 
 def test_runs_follow_the_mlflow_contract(reference):
