@@ -55,7 +55,8 @@ def _train_task(job: CohortJob, queue, cpus: int) -> None:
         if ev[0] in ("checkpoint", "fork", "resumed") or now - last["flush"] >= FLUSH_S:
             flush()
 
-    emit(("worker", os.getpid()))
+    import ray
+    emit(("worker", os.getpid(), ray.util.get_node_ip_address()))
     result = train(job, emit)
     buf.append((job.id, ("result", result)))
     flush()
@@ -134,6 +135,7 @@ class RayExecutor:
                     i = index[job_id]
                     if ev[0] == "worker":   # the task has started: worker process, imports, scheduling
                         self.stats["start_s"].append(time.perf_counter() - t0)
+                        self.log(f"ray: cohort {job_id} training on {ev[2]} (worker pid {ev[1]})")
                     elif ev[0] == "result":
                         refs.pop(i, None)
                         done(i, ev[1])

@@ -102,12 +102,6 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, r
                            timeout=300)
     assert other.returncode == 2 and other.stderr.count("error:") == 1, other.stderr[-2000:]
     assert store(db) == before and (snap / "state.json").read_text() == state
-    # Ctrl-C: exit 130, the open runs marked KILLED (none left RUNNING); the rerun resumes
-    resumed = db.parent / "interrupted.log"   # kill_when's output: SIGINT once training has resumed
-    rc, out = kill_when(db, lambda: "resuming free" in resumed.read_text(), sig=signal.SIGINT)
-    assert rc == 130 and "interrupted" in out, out[-2000:]
-    status = set(store(db)["status"].values())
-    assert "KILLED" in status and "RUNNING" not in status, status
     kill_when(db, lambda: cohorts.is_dir() and any(p.name.startswith("logit_matched")  # last wave
                                                     for p in cohorts.glob("*.pt")))
     out = run_to_end(db)
