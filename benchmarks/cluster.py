@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
         if r.returncode:
             sys.exit(f"cluster run failed:\n{r.stderr[-3000:]}")
     out["ratio"] = out["cluster_s"] / out["local_s"]
-    ray_line = next((ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("ray: ")), "")
+    ray_line = next((ln for ln in reversed((r.stdout + r.stderr).splitlines())   # the executor's summary
+                     if ln.startswith("ray: ") and "cohort tasks" in ln), "")
     study_s = re.search(r"arms in (\d+) s", r.stdout)
     print(f"{args.study} --preset {args.preset}: local executor + SQLite {out['local_s']:.1f} s; "
           f"two-node Ray ({args.cpus} CPU/node) + MLflow server on PostgreSQL {out['cluster_s']:.1f} s "
