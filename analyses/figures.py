@@ -152,3 +152,36 @@ def _save_per_arm(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
+
+
+EMBEDDING_TIMES = (("fork", "at the fork"), ("grok", "at t_grok"), ("final", "at the end"))
+
+
+def embedding_figure(panels: list[tuple[str, dict]], title: str, path: Path, max_rows: int = 4) -> str | None:
+    """The p token rows of the embedding E projected on their first two principal components (scikit-
+    learn's PCA, per panel), one row per (label, {fork | grok | final: (p, d) array}), at most `max_rows`.
+    Tokens are joined in the order of k x (mod p), k the strongest Fourier frequency of E: at grokking the
+    rows settle on a circle in that order (the Fourier circuit). None without any embedding."""
+    from sklearn.decomposition import PCA
+    panels = [(lab, E) for lab, E in panels if E][:max_rows]
+    if not panels:
+        return None
+    times = [t for t in EMBEDDING_TIMES if any(t[0] in E for _, E in panels)]
+    fig, axes = plt.subplots(len(panels), len(times), figsize=(2.6 * len(times), 2.5 * len(panels)), squeeze=False)
+    for row, (label, E) in zip(axes, panels):
+        for ax, (at, words) in zip(row, times):
+            ax.set_xticks([]), ax.set_yticks([])
+            if at not in E:
+                ax.set_axis_off()
+                continue
+            X = E[at]
+            p = X.shape[0]
+            k = 1 + int(np.argmax((np.abs(np.fft.rfft(X, axis=0)) ** 2).sum(1)[1:p // 2 + 1]))
+            pca = PCA(n_components=2).fit(X)
+            Y = pca.transform(X)
+            ring = np.argsort((np.arange(p) * k) % p, kind="stable")   # tokens by angle 2 pi k x / p
+            ax.plot(*Y[np.append(ring, ring[0])].T, "-", color="0.75", lw=0.6)
+            ax.scatter(Y[:, 0], Y[:, 1], c=np.arange(p), cmap="twilight", s=9)
+            ax.set_title(f"{label} {words}\nk = {k}, PC1+2 {pca.explained_variance_ratio_.sum():.0%}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

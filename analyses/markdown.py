@@ -62,7 +62,8 @@ def markdown(experiment: str, uri: str, cells: pd.DataFrame, results: dict, note
     for design in results:
         out += SECTIONS[design](results[design]) + [""]
         out += [f"![{design}]({Path(p).name})" for p in figs.get(design, [])] + [""]
-    for key, title in (("curves", "Accuracy curves per arm"), ("structure", "Fourier structure of the embedding")):
+    for key, title in (("curves", "Accuracy curves per arm"), ("structure", "Fourier structure of the embedding"),
+                       ("embedding", "The embedding at the fork, at t_grok and at the end (PCA)")):
         if figs.get(key):
             out += [f"## {title}", ""] + [f"![{key}]({Path(p).name})" for p in figs[key]] + [""]
     out += ["## Not computed (or only in part)", ""]

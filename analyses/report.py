@@ -2,7 +2,7 @@
 
 Reads the experiment's member and arm runs back from MLflow (tracking.query), finds which designs it holds
 (designs.py), computes each (one small module per design), and writes report.md (tables at the paper's
-printed precision), PNG figures and a JSON object with one list per design found to DIR (default
+printed precision), report.html (the same page, self-contained), PNG figures and a JSON object with one list per design found to DIR (default
 reports/<experiment>), then logs the same files to a run tagged role=report under the study run.
 Exit 0 on success; 2 for an unreachable store, an unknown experiment or no analysable design (message on
 stderr). A design that is only partly there yields what it can, and the report says what is missing.
@@ -24,6 +24,7 @@ from analyses.collapse import collapse_fit
 from analyses.designs import FINDERS, MEDIATION_SET, allowed_analyses
 from analyses.doselaw import dose_law
 from analyses.forks import fork_contrast
+from analyses.html import report_html
 from analyses.markdown import _f, markdown
 from analyses.mediation import mediation_fit
 from analyses.memorization import delay_share
@@ -132,8 +133,19 @@ def _fork(members, s) -> dict:
 
 
 # ---------------------------------------------------------------- output
-def make_figures(results: dict, cells: pd.DataFrame, curves: pd.DataFrame, out: Path) -> dict[str, list[str]]:
+def member_embeddings(members: pd.DataFrame, uri: str) -> dict[str, tuple[str, dict]]:
+    """{cell: ("<arm> seed <s>", embeddings)} for the first grokked seed of each arm that kept its
+    checkpoints (tracking.query.load_embeddings; none without the study's `save:`)."""
+    from tracking.query import load_embeddings
+    first = members[members["ok"]].sort_values("seed").groupby("cell").head(1)
+    got = load_embeddings(list(first["run_id"]), uri)
+    return {r.cell: (f"{r.arm} seed {int(r.seed)}", got[r.run_id]) for r in first.itertuples() if r.run_id in got}
+
+
+def make_figures(results: dict, cells: pd.DataFrame, curves: pd.DataFrame, out: Path,
+                 embeddings: dict | None = None) -> dict[str, list[str]]:
     figs: dict[str, list[str]] = {}
+    embeddings = embeddings or {}
     makers = {"recovery": figures.sweep_figure, "collapse": figures.collapse_figure,
               "fork": figures.fork_figure, "dose_law": figures.dose_figure}
     for design, fn in makers.items():
@@ -148,6 +160,11 @@ def make_figures(results: dict, cells: pd.DataFrame, curves: pd.DataFrame, out: 
                                         out / f"structure_{figures.slug(label)}.png")
         if path:
             figs.setdefault("structure", []).append(path)
+        path = figures.embedding_figure([embeddings[c] for c in g["cell"] if c in embeddings],
+                                        f"embedding E, first two principal components, {label}",
+                                        out / f"embedding_{figures.slug(label)}.png")
+        if path:
+            figs.setdefault("embedding", []).append(path)
     return figs
 
 
@@ -182,12 +199,14 @@ def make_report(experiment: str, uri: str, out: Path, json_path: Path, log: bool
             "allocation, same-state fork or float32/float64 pairs was found in its params")
         raise ReportError(f"experiment {experiment!r} has no analysable design: {why}")
     out.mkdir(parents=True, exist_ok=True)
-    figs = make_figures(results, cells, curves, out)
+    figs = make_figures(results, cells, curves, out, member_embeddings(members, uri))
     md = out / "report.md"
     md.write_text(markdown(experiment, uri, cells, results, notes, figs))
+    page = out / "report.html"
+    page.write_text(report_html(md.read_text(), out, f"Report: {experiment}"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False))
-    files = [md, json_path] + [Path(p) for ps in figs.values() for p in ps]
+    files = [md, page, json_path] + [Path(p) for ps in figs.values() for p in ps]
     if log:
         log_report(uri, experiment, files, f"analyses.report: {', '.join(results)}")
     return {"results": results, "notes": notes, "files": [str(f) for f in files]}
@@ -217,11 +236,14 @@ def paper_report(uri: str, preset: str, out: Path, json_path: Path) -> dict:
                           "tracking.import_npz) or run the suite (python -m interventions.run paper)")
     rows = paper.table(merged["published"], merged["fresh"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(paper.markdown(rows, published, fresh, notes))
+    md = paper.markdown(rows, published, fresh, notes)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(report_html(md, out, "Report: the paper"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"figures": rows, "published": published, "fresh": fresh, "notes": notes},
                                     indent=2, allow_nan=False, default=float))
-    return {"results": {"paper": rows}, "notes": notes, "files": [str(out / "report.md"), str(json_path)]}
+    return {"results": {"paper": rows}, "notes": notes,
+            "files": [str(out / "report.md"), str(out / "report.html"), str(json_path)]}
 
 
 def main(argv: list[str] | None = None) -> int:

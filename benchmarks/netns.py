@@ -19,6 +19,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 HEAD_IP, WORKER_IP = "10.77.0.1", "10.77.0.2"
 RAY_PORT = 6390
@@ -90,9 +91,14 @@ def reachable_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
+class Server(NamedTuple):
+    uri: str        # http://HOST:PORT, what studies log to
+    backend: str    # its PostgreSQL database, as an MLflow tracking URI (reachable where the server runs)
+
+
 @contextmanager
 def tracking_server(data: Path, host: str = "127.0.0.1", netns: str | None = None):
-    """`python -m tracking.server` on a free port; yields its URI."""
+    """`python -m tracking.server` on a free port; yields a Server."""
     port, pg_port = free_port(), free_port()
     log = data.parent / f"{data.name}.log"
     proc = spawn([sys.executable, "-m", "tracking.server", "--data", str(data), "--host", host, "--port", str(port),
@@ -103,7 +109,7 @@ def tracking_server(data: Path, host: str = "127.0.0.1", netns: str | None = Non
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"tracking server did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield f"http://{host}:{port}"
+        yield Server(f"http://{host}:{port}", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/mlflow")
     finally:
         stop(proc, timeout=60)
 
@@ -124,7 +130,7 @@ def netns_available() -> str | None:
 @contextmanager
 def two_nodes(folder: Path, cpus: int = 1):
     """Namespaces gi-head and gi-worker: a Ray head (with the tracking server) and a worker node of `cpus`
-    CPUs each. Yields (ray address, tracking URI, run(cmd) -> CompletedProcess in the head namespace)."""
+    CPUs each. Yields (ray address, Server, run(cmd) -> CompletedProcess in the head namespace)."""
     tag = f"{os.getpid() % 100000}"
     head, worker = f"gi-head-{tag}", f"gi-worker-{tag}"
     procs: list[subprocess.Popen] = []
@@ -151,10 +157,10 @@ def two_nodes(folder: Path, cpus: int = 1):
                             "--num-cpus", str(cpus), "--disable-usage-stats", f"--temp-dir={folder / 'rw'}"],
                            folder / "ray-worker.log", worker))
         _wait_ray(address, head, 2)
-        with tracking_server(folder / "server", host=HEAD_IP, netns=head) as uri:
+        with tracking_server(folder / "server", host=HEAD_IP, netns=head) as server:
             def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
                 return subprocess.run(["ip", "netns", "exec", head, *cmd], env=ENV, **kw)
-            yield address, uri, run
+            yield address, server, run
     finally:
         for p in reversed(procs):
             stop(p)
@@ -181,18 +187,25 @@ def _wait_ray(address: str, netns: str, nodes: int, timeout: float = 120.0) -> N
     raise RuntimeError(f"Ray cluster at {address} did not reach {nodes} nodes within {timeout:.0f} s")
 
 
-def store_contents(uri: str, experiment: str) -> dict:
+def store_contents(uri: str, experiment: str, curves: bool = True) -> dict:
     """{run name: [status, params, {metric key: [[step, value], ...]}]} of every run of the experiment, as
-    JSON data (tests compare stores with it; `python -m benchmarks.netns URI EXPERIMENT` prints it)."""
+    JSON data, every stored point (a step logged twice shows twice). Tests compare stores with it;
+    `python -m benchmarks.netns URI EXPERIMENT` prints it. Read a server's runs through its database URI
+    (Server.backend): one query per metric key there (tracking.query.histories_bulk), against one HTTP
+    request per run and key (~40 s for the smoke fork study on this machine, against ~3 s)."""
     from mlflow.tracking import MlflowClient
+    from tracking.query import histories_bulk, histories_public
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name(experiment)
-    out = {}
-    for r in c.search_runs([exp.experiment_id], max_results=5000):
-        curves = {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k))
-                  for k in r.data.metrics}
-        out[r.info.run_name] = [r.info.status, dict(r.data.params), curves]
-    return out
+    runs = c.search_runs([exp.experiment_id], max_results=5000)
+    out = {r.info.run_id: [r.info.status, dict(r.data.params), {}] for r in runs}
+    if curves and runs:
+        ids, keys = list(out), sorted({k for r in runs for k in r.data.metrics})
+        for rid, key, step, value, _ in histories_bulk(c, ids, keys) or histories_public(c, ids, keys):
+            out[rid][2].setdefault(key, []).append([step, value])
+    for v in out.values():
+        v[2] = {k: sorted(pts) for k, pts in v[2].items()}
+    return {r.info.run_name: out[r.info.run_id] for r in runs}
 
 
 if __name__ == "__main__":

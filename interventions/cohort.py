@@ -42,6 +42,8 @@ class Cohort:
         self.members = list(members)
         self.records: dict[Hashable, MemberRecord] = {}
         self.retired: dict[Hashable, MemberState] = {}
+        self.save_at_grok = False   # keep each member's parameters at its t_grok in `at_grok`
+        self.at_grok: dict[Hashable, dict[str, torch.Tensor]] = {}
         rows = []
         for m, s in zip(members, init):
             if s is None:
@@ -180,8 +182,11 @@ class Cohort:
         cols = [ev[k].tolist() for k in ("train/acc", "test/acc", "logit/scale", "norm/total")]
         for i, m in enumerate(self.members):
             if i not in skip:
-                self.records[m.key].observe(t, *(v[i] for v in cols), self.cfg.mem_threshold,
-                                            self.cfg.grok_threshold)
+                rec = self.records[m.key]
+                before = rec.t_grok
+                rec.observe(t, *(v[i] for v in cols), self.cfg.mem_threshold, self.cfg.grok_threshold)
+                if self.save_at_grok and before is None and rec.t_grok is not None:
+                    self.at_grok[m.key] = {k: v[i].clone() for k, v in self.P.items()}
 
     def _log(self, t: int, ev: dict, which) -> dict[Hashable, dict[str, float]]:
         cols = {k: v.tolist() for k, v in ev.items()}
@@ -270,6 +275,7 @@ class Cohort:
                 "train_idx": self.train_idx.clone(), "clamp": clone(self.clamp.state_dict()),
                 "records": {k: r.to_dict() for k, r in self.records.items()},
                 "retired": {k: v.to_dict() for k, v in copy.deepcopy(self.retired).items()},
+                "save_at_grok": self.save_at_grok, "at_grok": {k: clone(v) for k, v in self.at_grok.items()},
                 "torch_threads": torch.get_num_threads()}
 
     @classmethod
@@ -294,5 +300,7 @@ class Cohort:
         self.records = {k: MemberRecord.from_dict(v) for k, v in state["records"].items()}
         self.retirement = Retirement(self.records)
         self.retired = {k: MemberState.from_dict(v) for k, v in copy.deepcopy(state["retired"]).items()}
+        self.save_at_grok = state.get("save_at_grok", False)
+        self.at_grok = {k: {n: t.clone().to(dev) for n, t in v.items()} for k, v in state.get("at_grok", {}).items()}
         self._rebuild()
         return self

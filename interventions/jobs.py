@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import snapshot
+from .checkpoints import member_checkpoint
 from .cohort import Cohort, CohortConfig, MemberConfig, MemberState
 from .vocab import ForkPoint
 
@@ -41,6 +42,7 @@ class CohortJob:
     pauses: list[Pause]
     stop_after_pauses: bool       # trunk cohorts end at their last fork point
     checkpoint_every: int
+    save: tuple[str, ...] = ()    # member checkpoints to return: "grok" (at t_grok), "final" (at its end)
 
 
 # Events a job emits, each a tuple of plain data:
@@ -53,7 +55,8 @@ Emit = Callable[[tuple], None]
 
 
 def train(job: CohortJob, emit: Emit) -> dict:
-    """Run the job; returns {"step", "results": Cohort.results(), "curves": {key: curves}}."""
+    """Run the job; returns {"step", "results": Cohort.results(), "curves": {key: curves},
+    "checkpoints": {key: {"grok" | "final": checkpoints.member_checkpoint(...)}} (what job.save asks)}."""
     if job.checkpoint_file.is_file():
         snap = snapshot.load(job.checkpoint_file)
         c = Cohort.from_state(snap["cohort"])
@@ -70,6 +73,7 @@ def train(job: CohortJob, emit: Emit) -> dict:
             init = [MemberState.from_dict(states[m.key.seed]) for m in job.members]
         c = Cohort(job.cfg, job.members, init)
         pending = list(job.pauses)
+    c.save_at_grok = "grok" in job.save
 
     def progress(c: Cohort) -> None:
         emit(("progress", c.step, len(c.members), len(c.records),
@@ -95,7 +99,22 @@ def train(job: CohortJob, emit: Emit) -> dict:
             pending.remove(p)
     if not job.stop_after_pauses:
         c.run(stop=lambda c: progress(c) or False, **kw)
-    return {"step": c.step, "results": c.results(), "curves": {k: c.curves(k) for k in c.records}}
+    return {"step": c.step, "results": c.results(), "curves": {k: c.curves(k) for k in c.records},
+            "checkpoints": _checkpoints(c, job.save)}
+
+
+def _checkpoints(c: Cohort, save: tuple[str, ...]) -> dict:
+    out: dict = {}
+    for key, rec in c.records.items() if save else ():
+        final = c.member_state(key)
+        got = {}
+        if "grok" in save and key in c.at_grok:
+            got["grok"] = member_checkpoint(c.cfg, key.seed, key.arm, rec.t_grok, c.at_grok[key], final.train_idx)
+        if "final" in save:
+            got["final"] = member_checkpoint(c.cfg, key.seed, key.arm, final.step, final.params, final.train_idx)
+        if got:
+            out[key] = got
+    return out
 
 
 Done = Callable[[int, dict], None]   # done(i, result): job i of a run_all has finished with `result`

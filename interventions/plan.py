@@ -99,4 +99,5 @@ def cohort_job(graph: Graph, arms: list[str], levers: dict[str, Lever], forks: d
                      fork_file=folder / "forks" / f"{f.name}.pt" if f else None,
                      checkpoint_file=folder / "cohorts" / f"{jid}.pt", pauses=pauses(graph, arms, forks),
                      stop_after_pauses=all(graph.arms[n].trunk for n in arms),
-                     checkpoint_every=graph.study.defaults.checkpoint_every)
+                     checkpoint_every=graph.study.defaults.checkpoint_every,
+                     save=graph.study.defaults.save.kinds())

@@ -17,7 +17,7 @@ from tracking.conventions import GROK_THRESHOLD, MEM_THRESHOLD
 from . import levers, native, tasks
 
 SHAPE_KEYS = ("p", "op", "train_fraction", "model", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp")
-INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok")  # a fork keeps its parent's
+INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok", "test_acc_at_grok")  # a fork keeps its parent's
 
 
 @dataclass
@@ -169,6 +169,7 @@ class MemberRecord:
     t_grok: int | None = None
     logit_scale_at_grok: float | None = None
     weight_norm_at_grok: float | None = None
+    test_acc_at_grok: float | None = None   # what a checkpoint at t_grok reproduces (checkpoints.py)
     diverged: bool = False
     N0: float | None = None  # clamp: the norm entering the first clamped step, and the norm held
     target: float | None = None
@@ -212,6 +213,7 @@ class MemberRecord:
             self.t_grok = t
             self.logit_scale_at_grok = logit_scale
             self.weight_norm_at_grok = weight_norm
+            self.test_acc_at_grok = test_acc
 
     def log(self, t: int, row: dict[str, float]) -> None:
         """Curve values at step t (a step already logged is not logged again)."""
@@ -228,7 +230,7 @@ class MemberRecord:
                 "delay": tg - tm if tm is not None and tg is not None else None,
                 "grokked": tg is not None, "diverged": self.diverged,
                 "logit_scale_at_grok": self.logit_scale_at_grok, "weight_norm_at_grok": self.weight_norm_at_grok,
-                "weight_norm_final": norm[-1][1] if norm else None,
+                "test_acc_at_grok": self.test_acc_at_grok, "weight_norm_final": norm[-1][1] if norm else None,
                 "layer_norms_final": {k[5:]: v[-1][1] for k, v in self.curves.items()
                                       if k.startswith("norm/") and k != "norm/total" and v},
                 "N0": self.N0,

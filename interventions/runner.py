@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict
@@ -26,7 +27,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from . import native, plan, snapshot
+from . import checkpoints, native, plan, snapshot
 from .derive import derive, lever
 from .graph import Graph
 from .views import describe
@@ -86,6 +87,8 @@ class Runner:
                          "source": Path(st.source).name, "n_arms": len(self.g.arms),
                          "seeds": ",".join(map(str, st.defaults.seed_list())), "kernels": ",".join(kernels)},
                         st.resolved_yaml(), self.g, dict(self.state["forks"]), provenance(native.built_path()))
+        for path in sorted((self.dir / "forks").glob("*.pt")):   # fork snapshots of an earlier, killed run
+            self.worker.put(self.tracker.log_study_file, str(path), "forks")
         while True:
             waves = self.g.waves(set(self.state["arms"]))
             if not waves:
@@ -136,12 +139,24 @@ class Runner:
             results = [r for r in result["results"] if r["key"].arm == name]
             curves = {r["key"]: result["curves"][r["key"]] for r in results}
             summary = arm_summary(results, curves)
+            ckpts = {r["key"]: result["checkpoints"][r["key"]] for r in results if r["key"] in result["checkpoints"]}
+            if ckpts:
+                self.worker.put(self._log_checkpoints, ckpts, job.fork_file)
             self.worker.put(self.tracker.finish_arm, name, results, curves, summary, yaml_text)
             plain = [{**r, **{k: str(r[k]) for k in ("key", "fork_from") if r[k] is not None}} for r in results]
             self.state["arms"][name] = {"status": "done", "params": self.params(name), "summary": summary,
                                         "results": json.loads(json.dumps(plain, default=float))}
         self._persist()                                   # after the arm runs are finished ...
         self.worker.put(job.checkpoint_file.unlink, True)  # ... and before the snapshot goes
+
+    def _log_checkpoints(self, ckpts: dict, fork_file: Path | None) -> None:
+        """On the worker thread: each member's checkpoint files (checkpoints.write) logged to its run."""
+        forks = snapshot.load(fork_file)["members"] if fork_file is not None else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, files in ckpts.items():
+                for path in checkpoints.write(Path(tmp) / f"{key.arm}-{key.seed}", files, forks.get(key.seed)):
+                    self.tracker.log_member_file(key, str(path), "checkpoints")
+            self.tracker.sync()   # the tracking process has copied them before they go
 
     def _events(self, job: CohortJob, runnable: list[str], bar) -> Callable[[tuple], None]:
         """The handler of the job's events (jobs.py lists them)."""
@@ -162,7 +177,9 @@ class Runner:
             elif kind == "fork":
                 fork, step, states = ev[1:]
                 # written here, synchronously: the next cohort reads it; state.json (queued) records it after
-                snapshot.save(self.dir / "forks" / f"{fork.name}.pt", {"members": states, "step": step})
+                path = self.dir / "forks" / f"{fork.name}.pt"
+                snapshot.save(path, {"members": states, "step": step})
+                self.worker.put(self.tracker.log_study_file, str(path), "forks")   # kept: loadable later
                 self.state["forks"][fork.name] = step
                 self._persist(synced=False)
                 msg = f"fork point {fork.label()}: step {step}"

@@ -130,6 +130,15 @@ class ForkDefaults(Strict):
     when: Literal["step", "all_memorized"] = "all_memorized"
 
 
+class Save(Strict):
+    """Member checkpoints logged on each member run (checkpoints.py): at its t_grok, at its end."""
+    at_grok: bool = False
+    final: bool = False
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k, on in (("grok", self.at_grok), ("final", self.final)) if on)
+
+
 class Defaults(Strict):
     task: Task = Task()
     model: Model = Model()
@@ -149,6 +158,7 @@ class Defaults(Strict):
     grok_threshold: float = Field(GROK_THRESHOLD, gt=0, le=1)
     checkpoint_every: int = Field(2000, gt=0)  # steps between snapshots (resume points) and logging flushes
     fork: ForkDefaults = ForkDefaults()
+    save: Save = Save()
 
     @field_validator("seeds")
     @classmethod
@@ -248,4 +258,5 @@ class Study(Strict):
         d = self.resolved()
         for k in ("description", "preset"):
             d.pop(k, None)
+        d["defaults"].pop("save")   # what is kept, not what is trained
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -13,7 +13,7 @@ def member_summary(r: dict) -> dict:
     """Summary metrics of one member run (MLflow contract); None = not reached (not logged)."""
     out = {k: r.get(k) for k in SUMMARY_KEYS}
     out.update(grokked=int(bool(r["grokked"])), diverged=int(bool(r["diverged"])), final_step=r["final_step"],
-               weight_norm_final=r.get("weight_norm_final"))
+               weight_norm_final=r.get("weight_norm_final"), test_acc_at_grok=r.get("test_acc_at_grok"))
     if r.get("fork_step") is not None and r.get("t_grok") is not None:
         out["delay_from_fork"] = r["t_grok"] - r["fork_step"]
     return out

@@ -134,6 +134,12 @@ class Tracker:
         done = {rid, *(self.member_runs[r["key"]] for r in results)}
         self.open_runs = [r for r in self.open_runs if r not in done]
 
+    def log_member_file(self, key: MemberKey, path: str, folder: str) -> None:
+        self.rec.log_artifact(self.member_runs[key], path, folder)
+
+    def log_study_file(self, path: str, folder: str) -> None:
+        self.rec.log_artifact(self.study_run, path, folder)
+
     def finish_study(self, table: str, n_done: int) -> None:
         self.rec.log_text(self.study_run, table, "arm_table.txt")
         self.rec.log_summary(self.study_run, {"n_arms_done": n_done})
@@ -161,7 +167,8 @@ class TrackerProcess:
     a fresh interpreter, so no fork of a threaded parent and no re-import of the caller's script).
     Start it from the main thread: the child's parent-death signal follows the thread that started it."""
 
-    METHODS = ("open_study", "open_arm", "log_rows", "finish_arm", "finish_study", "abort")
+    METHODS = ("open_study", "open_arm", "log_rows", "log_member_file", "log_study_file", "finish_arm",
+               "finish_study", "abort")
 
     def __init__(self, uri: str, experiment: str, study: str):
         ours, theirs = socket.socketpair()

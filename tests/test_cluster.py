@@ -48,8 +48,8 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server():
-    with netns.reachable_dir() as d, netns.tracking_server(d / "data") as uri:
-        yield uri
+    with netns.reachable_dir() as d, netns.tracking_server(d / "data") as server:
+        yield server
 
 
 descendants = netns.descendants
@@ -62,13 +62,13 @@ def test_ray_on_the_server_with_a_killed_worker_equals_local_on_sqlite(reference
     duplicate point, nothing left RUNNING). Meanwhile a second study, started at the same moment against
     the same server into its own experiment, completes too."""
     other = subprocess.Popen([sys.executable, "-m", "interventions.run", "mediation", "--preset", "smoke",
-                              "--no-progress", "--tracking-uri", server, "--snapshot-dir", str(tmp_path / "other")],
+                              "--no-progress", "--tracking-uri", server.uri, "--snapshot-dir", str(tmp_path / "other")],
                              cwd=tmp_path, env=netns.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
     env = {**netns.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray",
-                             "--tracking-uri", server, "--experiment", "ray-a", "--snapshot-dir",
+                             "--tracking-uri", server.uri, "--experiment", "ray-a", "--snapshot-dir",
                              str(tmp_path / "snap")], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     cohorts = tmp_path / "snap" / "ray-a" / "cohorts"
@@ -102,25 +102,25 @@ def test_ray_on_the_server_with_a_killed_worker_equals_local_on_sqlite(reference
             except ProcessLookupError:
                 pass
     assert "resuming free" in (tmp_path / "run.log").read_text() or not checkpointed
-    got = store_contents(server, "ray-a")
+    got = store_contents(server.backend, "ray-a")     # what the server stored, read from its database
     assert set(got) == set(reference)
     for name, (status, params, curves) in reference.items():
         assert got[name][0] == status == "FINISHED", name
         assert got[name][2] == curves, name    # every curve point, summaries included
         assert got[name][1] == params, name
-    runs = store_contents(server, "mediation-smoke")
+    runs = store_contents(server.uri, "mediation-smoke", curves=False)
     assert runs and all(status == "FINISHED" for status, _, _ in runs.values())
 
 
 @pytest.mark.skipif(netns.netns_available() is not None, reason=str(netns.netns_available()))
 def test_two_nodes_in_network_namespaces_equal_local(reference, tmp_path):
-    with netns.reachable_dir() as d, netns.two_nodes(d) as (address, uri, run):
+    with netns.reachable_dir() as d, netns.two_nodes(d) as (address, server, run):
         r = run([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray", "--ray-address", address,
-                 "--tracking-uri", uri, "--snapshot-dir", str(tmp_path / "snap")], cwd=tmp_path, text=True,
+                 "--tracking-uri", server.uri, "--snapshot-dir", str(tmp_path / "snap")], cwd=tmp_path, text=True,
                 capture_output=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-        dump = run([sys.executable, "-m", "benchmarks.netns", uri, "fork_study-smoke"], text=True,
-                   capture_output=True, timeout=300)   # the server is reachable inside the namespace only
+        dump = run([sys.executable, "-m", "benchmarks.netns", server.backend, "fork_study-smoke"], text=True,
+                   capture_output=True, timeout=300)   # its database is reachable inside the namespace only
     assert dump.returncode == 0, dump.stderr[-3000:]
     assert json.loads(dump.stdout) == reference
 

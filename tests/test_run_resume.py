@@ -29,12 +29,19 @@ def run_to_end(db: Path, *extra: str) -> str:
     return out.stdout
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """A job started in the background (`cmd &`, as CI may start the suite) inherits SIGINT ignored, and
+    Python keeps an inherited SIG_IGN; a user's terminal gives the study the default, as here."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_when(db: Path, ready, *extra: str, sig=signal.SIGKILL, timeout: float = 240.0) -> tuple[int, str]:
     """Start the command, send `sig` as soon as ready() is true (checked every 20 ms); (exit status, its
     stdout + stderr). After SIGKILL its tracking process must end too (README: no orphan writer)."""
     log = db.parent / "interrupted.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(command(db, *extra), env=ENV, cwd=db.parent, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command(db, *extra), env=ENV, cwd=db.parent, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=ctrl_c_as_in_a_terminal)
         t0 = time.monotonic()
         while not ready():
             assert proc.poll() is None, f"finished before the kill point: {log.read_text()[-2000:]}"
@@ -102,6 +109,12 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, r
                            timeout=300)
     assert other.returncode == 2 and other.stderr.count("error:") == 1, other.stderr[-2000:]
     assert store(db) == before and (snap / "state.json").read_text() == state
+    # Ctrl-C: exit 130, the open runs marked KILLED (none left RUNNING); the rerun resumes
+    resumed = db.parent / "interrupted.log"   # kill_when's output: SIGINT once training has resumed
+    rc, out = kill_when(db, lambda: "resuming free" in resumed.read_text(), sig=signal.SIGINT)
+    assert rc == 130 and "interrupted" in out, out[-2000:]
+    status = set(store(db)["status"].values())
+    assert "KILLED" in status and "RUNNING" not in status, status
     kill_when(db, lambda: cohorts.is_dir() and any(p.name.startswith("logit_matched")  # last wave
                                                     for p in cohorts.glob("*.pt")))
     out = run_to_end(db)

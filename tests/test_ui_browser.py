@@ -4,7 +4,8 @@ Starts `mlflow server` on a loopback port against a store made by the smoke fork
 README's "Compare arms in the MLflow UI" steps: Model training -> the experiment -> expand the study run
 (arms by name) -> Columns (descriptions, t_grok, logit_scale_at_grok) -> expand an arm (its seeds, one
 level deeper) -> collapse it, tick the arms, Compare -> the same params on every arm and `t_grok`,
-`logit_scale_at_grok` side by side. Then an arm's curves grouped by prefix and the graph picture.
+`logit_scale_at_grok` side by side. Then an arm's curves grouped by prefix, the graph picture, and the
+report run's report.html with every figure drawn inside the artifact view.
 Everything asserted is read off the screen and checked against the store. Every step leaves a
 screenshot in the test's temporary folder (path printed; `pytest -s` shows it).
 
@@ -48,10 +49,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_study(uri: str) -> None:
-    cmd = [sys.executable, "-m", "interventions.run", STUDY, "--preset", "smoke", "--tracking-uri", uri]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+def _run_study(uri: str, out: Path) -> None:
+    """The smoke study, then its report (report.html and figures logged to the report run)."""
+    # budget 3000: every arm groks (the smoke preset's 800 cuts clamp_raised), so the report finds its designs
+    for cmd in ([sys.executable, "-m", "interventions.run", STUDY, "--preset", "smoke", "--set", "budget=3000",
+                 "--tracking-uri", uri],
+                [sys.executable, "-m", "analyses.report", EXPERIMENT, "--tracking-uri", uri, "--out", str(out)]):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
 
 
 def _start_server(uri: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -101,11 +106,11 @@ def ui_study(tmp_path_factory):
     log = folder / "server.log"
     proc, base = _start_server(uri, log)
     try:
-        _run_study(uri)
+        _run_study(uri, folder / "report")
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(EXPERIMENT)
         runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=5000)}
-        missing = [n for n in [STUDY, *FORK_ARMS, f"{OPENED_ARM} seed=0"] if n not in runs]
+        missing = [n for n in [STUDY, *FORK_ARMS, f"{OPENED_ARM} seed=0", "report"] if n not in runs]
         assert not missing, f"{uri}: runs {missing} missing from {EXPERIMENT} (have {sorted(runs)[:20]})"
         grokked = [a for a in FORK_ARMS if runs[a].data.metrics.get("t_grok") is not None]
         assert len(grokked) >= 2, (f"{uri}: only {grokked} of {FORK_ARMS} grokked in the smoke study: "
@@ -451,3 +456,34 @@ def test_run_pages_group_curves_and_show_the_graph(browser, ui_study, shots):
     _close_assistant(d)
     assert img.size["width"] > 200 and img.size["height"] > 100, f"graph.png shown at {img.size}"
     shots(d, "10_study_graph")
+
+
+def test_the_report_opens_with_its_figures_in_the_artifact_view(browser, ui_study, shots):
+    """The report run's report.html shows in the artifact view with every figure of report.md drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    server, uri, experiment, runs = ui_study
+    report = runs["report"]
+    from mlflow.tracking import MlflowClient
+    pngs = [f.path for f in MlflowClient(uri).list_artifacts(report.info.run_id) if f.path.endswith(".png")]
+    md = Path(MlflowClient(uri).download_artifacts(report.info.run_id, "report.md")).read_text()
+    linked = [ln for ln in md.splitlines() if ln.startswith("![")]
+    assert linked and len(linked) <= len(pngs), f"report.md links {len(linked)} figures, run holds {pngs}"
+    d = browser
+    d.get(f"{server}/#/experiments/{report.info.experiment_id}/runs/{report.info.run_id}/artifacts")
+    _wait(d).until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='report.html']"))).click()
+    frame = _wait(d).until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
+    _close_assistant(d)
+    d.switch_to.frame(frame)
+    try:
+        _wait(d).until(lambda _: len(d.find_elements(By.TAG_NAME, "img")) == len(linked))
+        imgs = d.find_elements(By.TAG_NAME, "img")
+        drawn = [d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in imgs]
+        assert all(w and w > 200 for w in drawn), f"report.html: figures drawn at widths {drawn}"
+        assert d.find_elements(By.TAG_NAME, "table"), "report.html shows no table"
+        heading = d.find_element(By.TAG_NAME, "h1").text
+        d.execute_script("arguments[0].scrollIntoView()", imgs[0])
+    finally:
+        d.switch_to.default_content()
+    assert experiment in heading, heading
+    shots(d, "11_report_html")

@@ -148,3 +148,20 @@ def histories_bulk(c, run_ids: list[str], keys: list[str]) -> list[tuple] | None
         return None
     return [(m.run_id, key, m.step, m.value, m.timestamp) for key in keys for i in range(0, len(run_ids), BULK_RUNS)
             for m in bulk(run_ids[i:i + BULK_RUNS], key, max_results=2**62)]
+
+
+def load_embeddings(run_ids: list[str], uri: str | None = None) -> dict[str, dict]:
+    """{run_id: {"fork" | "grok" | "final": (p, d) array}} of the member runs that hold
+    checkpoints/embedding.npz (studies with `save:`, interventions.checkpoints); the others are left out."""
+    import tempfile
+
+    import numpy as np
+    c, _ = _client(uri)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rid in run_ids:
+            if "checkpoints/embedding.npz" not in {f.path for f in c.list_artifacts(rid, "checkpoints")}:
+                continue
+            with np.load(c.download_artifacts(rid, "checkpoints/embedding.npz", tmp)) as z:
+                out[rid] = {k: z[k] for k in z.files}
+    return out

@@ -72,6 +72,13 @@ def stop_postgres(pg: Path) -> None:
     subprocess.run(_as_postgres(["pg_ctl", "-D", str(pg), "-m", "fast", "-w", "stop"]), capture_output=True)
 
 
+def server_env() -> dict:
+    """MLflow 3's server also starts job runners (Huey consumers for its GenAI jobs, a few processes that
+    poll): nothing a study uses, so they stay off unless the caller's environment asks for them."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
+            os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+
+
 def wait_healthy(uri: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--artifacts-destination", str(data / "artifacts"), "--host", args.host,
                              "--port", str(args.port), "--workers", str(args.workers),
                              "--uvicorn-opts", "--no-access-log"],
-                            start_new_session=True)
+                            env=server_env(), start_new_session=True)
 
     def stop(*_):
         raise KeyboardInterrupt

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-HTTP_TIMEOUT_S = 3.0
+HTTP_TIMEOUT_S = 3.0   # one health request; a refused connection fails at once
+HTTP_WAIT_S = 60.0     # a server that is up but slow to answer (a loaded host) gets this long in all
 SQLITE_HEADER = b"SQLite format 3\x00"
 DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQL stores MLflow supports besides sqlite
 PAGE = 5000     # runs per search_runs page
@@ -79,15 +81,22 @@ def _check_sqlite(uri: str) -> None:
 
 def _check_http(uri: str) -> None:
     url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
-            if resp.status != 200:
-                raise StoreError(uri, f"GET {url} answered HTTP {resp.status}")
-    except urllib.error.HTTPError as e:
-        raise StoreError(uri, f"GET {url} answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise StoreError(uri, f"no MLflow server answered at {url} within {HTTP_TIMEOUT_S:.0f} s ({reason})") from None
+    end = time.monotonic() + HTTP_WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
+                if resp.status != 200:
+                    raise StoreError(uri, f"GET {url} answered HTTP {resp.status}")
+                return
+        except urllib.error.HTTPError as e:
+            raise StoreError(uri, f"GET {url} answered HTTP {e.code}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            # a timeout means something listens but is busy: ask again; refused or unresolvable: no server
+            if isinstance(reason, TimeoutError) and time.monotonic() < end:
+                continue
+            waited = f"within {HTTP_WAIT_S:.0f} s" if isinstance(reason, TimeoutError) else "at once"
+            raise StoreError(uri, f"no MLflow server answered at {url} ({waited}: {reason})") from None
 
 
 def _check_db(uri: str) -> None:
