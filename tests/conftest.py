@@ -26,3 +26,25 @@ def paper_metrics() -> Path:
 def tracking_uri(tmp_path) -> str:
     """A fresh embedded SQLite store in the test's temporary folder."""
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def fork_smoke(tmp_path_factory):
+    """One training run shared by the report, checkpoint and UI tests: the bundled fork study at its smoke
+    preset with budget 3000 (every arm groks; the preset's 800 cuts clamp_raised) and member checkpoints
+    kept, tracked into SQLite as experiment fork_study-smoke, then reported (report.md, report.html,
+    report.json, the report run). Attributes: uri, experiment, arms (run_study's), folder, report (the JSON)."""
+    import json
+    from types import SimpleNamespace
+
+    from analyses import report
+    from interventions.graph import build_graph
+    from interventions.runner import run_study
+    from interventions.spec import load_study
+    folder = tmp_path_factory.mktemp("fork_smoke")
+    uri, name = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}", "fork_study-smoke"
+    study = load_study("fork_study", "smoke", ["budget=3000", "defaults.save.at_grok=true", "defaults.save.final=true"])
+    arms = run_study(build_graph(study), uri=uri, experiment=name, progress=False, log=lambda *_: None)
+    js = folder / "report" / "report.json"
+    assert report.main([name, "--tracking-uri", uri, "--out", str(folder / "report"), "--json", str(js)]) == 0
+    return SimpleNamespace(uri=uri, experiment=name, arms=arms, folder=folder, report=json.loads(js.read_text()))

@@ -1,29 +1,20 @@
 """Checkpoints users load (README, "Load a trained model"): with `save: {at_grok: true, final: true}` every
 member run holds its parameters at t_grok and at its end, every study run its fork snapshots, and
 `interventions.load` turns any of them into a PyTorch module that reproduces what the run logged."""
-from pathlib import Path
-
 import mlflow
 import pytest
 import torch
 
 import interventions
-from interventions.graph import build_graph
-from interventions.runner import run_study
-from interventions.spec import load_study
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('ckpt') / 'mlflow.db'}"
-    # smoke with budget 3000: every arm groks (the preset's 800 cuts clamp_raised), so the report has designs
-    study = load_study("fork_study", "smoke", sets=["budget=3000", "defaults.save.at_grok=true",
-                                                     "defaults.save.final=true"])
-    run_study(build_graph(study), uri=uri, experiment="ckpt", progress=False, log=lambda *_: None)
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("ckpt").experiment_id
+def saved(fork_smoke):
+    """The shared smoke fork study (conftest.fork_smoke: checkpoints kept), its member runs by name."""
+    client = mlflow.MlflowClient(fork_smoke.uri)
+    exp = client.get_experiment_by_name(fork_smoke.experiment).experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([exp], "tags.role = 'member'")}
-    return uri, client, runs
+    return fork_smoke.uri, client, runs
 
 
 def test_a_checkpoint_at_grok_reproduces_the_logged_test_accuracy(saved):
@@ -68,15 +59,32 @@ def test_a_checkpoint_that_was_not_kept_is_one_clear_error(saved):
         interventions.load(trunk.info.run_id, at="grok", tracking_uri=uri)
 
 
-def test_the_report_draws_the_kept_embeddings_and_embeds_every_figure_in_report_html(saved, tmp_path):
-    from analyses.report import make_report
-    uri, client, runs = saved
-    made = make_report("ckpt", uri, tmp_path, tmp_path / "report.json", log=False)
-    pca = [Path(f).name for f in made["files"] if Path(f).name.startswith("embedding_")]
-    assert pca == ["embedding_p_23_ce_mlp_float32.png"]     # one group: p 23, ce, mlp, float32
-    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+def test_the_report_draws_the_kept_embeddings_and_embeds_every_figure_in_report_html(fork_smoke):
+    out = fork_smoke.folder / "report"
+    assert sorted(p.name for p in out.glob("embedding_*.png")) == ["embedding_p_23_ce_mlp_float32.png"]
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     figures = [ln for ln in md.splitlines() if ln.startswith("![")]
-    assert len(figures) >= 4 and page.count('<img alt="') == len(figures)
-    assert page.count("src=\"data:image/png;base64,") == len(figures) and "missing" not in page
+    assert "![embedding](embedding_p_23_ce_mlp_float32.png)" in figures and len(figures) >= 4
+    assert page.count('<img alt="') == page.count('src="data:image/png;base64,') == len(figures)
+    assert "missing" not in page
     assert page.count("<table>") == sum(1 for a, b in zip(md.splitlines(), md.splitlines()[1:])
                                         if a.startswith("|") and b.startswith("|---"))
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer_noln"])
+def test_a_loaded_member_measures_what_its_cohort_measured(model, tmp_path):
+    """Without MLflow: a member's checkpoint written to a file, loaded, gives the cohort's own train and
+    test accuracy (the module's textbook forward against the engine's batched evaluation)."""
+    from interventions.checkpoints import member_checkpoint
+    from interventions.cohort import Cohort, CohortConfig, MemberConfig
+    from interventions import snapshot
+    cfg = CohortConfig(p=11, model=model, d_embed=16, d_hidden=32, d_model=16, n_heads=2, d_mlp=32, lr=1e-2,
+                       log_every=25)
+    c = Cohort(cfg, [MemberConfig(key="free/3", seed=3)])
+    c.run(until=50)
+    ev, s = c.evaluate(), c.member_state("free/3")
+    snapshot.save(tmp_path / "m.pt", member_checkpoint(cfg, 3, "free", c.step, s.params, s.train_idx))
+    m = interventions.load(tmp_path / "m.pt")
+    assert (m.arm, m.seed, m.step) == ("free", 3, 50)
+    assert m.accuracy("train") == pytest.approx(float(ev["train/acc"][0]), abs=1e-9)
+    assert m.accuracy("test") == pytest.approx(float(ev["test/acc"][0]), abs=1e-9)

@@ -26,7 +26,7 @@ def run_and_report(study, tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory):
+def renamed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fresh")
     doc = yaml.safe_load((STUDIES_DIR / "fork_study.yaml").read_text())
     for arm in doc["arms"]:   # every arm renamed, references included (from, sweep, target)
@@ -37,11 +37,19 @@ def both(tmp_path_factory):
             arm["tau"]["sweep"] = [RENAMES[a] for a in arm["tau"]["sweep"]]
             arm["tau"]["target"] = RENAMES[arm["tau"]["target"]]
     (tmp / "renamed.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return run_and_report("fork_study", tmp, "named"), run_and_report(str(tmp / "renamed.yaml"), tmp, "renamed")
+    return run_and_report(str(tmp / "renamed.yaml"), tmp, "renamed")
 
 
-def test_renaming_every_arm_of_the_fork_study_gives_the_same_report_numbers(both):
-    (arms_a, res_a, _), (arms_b, res_b, md_b) = both
+@pytest.fixture(scope="module")
+def named(fork_smoke):
+    """The bundled names: the shared smoke run (conftest.fork_smoke, the same settings; what it keeps
+    changes no number)."""
+    md = (fork_smoke.folder / "report" / "report.md").read_text()
+    return fork_smoke.arms, fork_smoke.report, md
+
+
+def test_renaming_every_arm_of_the_fork_study_gives_the_same_report_numbers(named, renamed):
+    (arms_a, res_a, _), (arms_b, res_b, md_b) = named, renamed
     assert set(arms_b) == {RENAMES.get(n.split("_tau")[0], n.split("_tau")[0]) + n[len(n.split("_tau")[0]):]
                            for n in arms_a}
     assert set(res_b) == set(res_a) and "fork" in res_b and "recovery" in res_b
@@ -52,8 +60,8 @@ def test_renaming_every_arm_of_the_fork_study_gives_the_same_report_numbers(both
     assert "Retirement: retire: arm" in md_b
 
 
-def test_the_logit_matched_tau_is_matched_on_the_L_the_report_prints(both):
-    (arms, res, md), _ = both
+def test_the_logit_matched_tau_is_matched_on_the_L_the_report_prints(named):
+    arms, res, md = named
     source = arms["logit_matched"]["params"]["tau_source"]
     L_target = float(re.search(r"target=clamp_same L=([0-9.]+),", source).group(1))
     (rec,) = res["recovery"]
