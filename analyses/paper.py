@@ -98,17 +98,28 @@ def rel(value, printed) -> float | None:
     return (float(value) - printed) / abs(printed)
 
 
-def table(published: dict[str, list[dict]], fresh: dict[str, list[dict]]) -> list[dict]:
-    """One row per figure: quantity, paper, published (and its relative difference), fresh (and its)."""
+def table(published: dict[str, list[dict]], fresh: dict[str, list[dict]], fresh_p: int | None = None) -> list[dict]:
+    """One row per figure: quantity, paper, published (and its relative difference), fresh (and its).
+    fresh_p: the modulus the fresh runs use for the paper's p = 59 (a reduced scale: `--preset default`);
+    figures of other moduli then have no fresh value."""
     out = []
     for quantity, printed, design, where, field in FIGURES:
-        a, b = pick(published.get(design, []), where, field), pick(fresh.get(design, []), where, field)
+        a = pick(published.get(design, []), where, field)
+        mine = where if fresh_p is None else ({**where, "p": fresh_p} if where.get("p") == 59 else None)
+        b = pick(fresh.get(design, []), mine, field) if mine is not None else None
         out.append({"quantity": quantity, "design": design, "paper": printed, "published": a,
                     "published_rel": rel(a, printed), "fresh": b, "fresh_rel": rel(b, printed)})
     return out
 
 
-def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: list[str]) -> str:
+def scale_of(fresh: dict[str, list[dict]], preset: str) -> int | None:
+    """The modulus standing in for p = 59 at a reduced preset: the most common one among the fresh rows."""
+    ps = [r.get("p") for rows in fresh.values() for r in rows if r.get("p") is not None]
+    return None if preset == "paper" or not ps else max(set(ps), key=ps.count)
+
+
+def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: list[str],
+             fresh_p: int | None = None) -> str:
     def f(v):
         if v is None:
             return "-"
@@ -122,6 +133,9 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
              "(imported), and from fresh runs; in brackets the relative difference from the printed value. "
              "'-': not in that source (not run yet, not released, or not reached).", "",
              f"Published data: {', '.join(published) or 'none imported'}. Fresh runs: {', '.join(fresh) or 'none'}.",
+             *([f"Fresh runs at a reduced scale: p = {fresh_p} stands in for the paper's p = 59 (other "
+                "moduli: no fresh value), so their differences measure the scale, not a reproduction."]
+               if fresh_p is not None else []),
              "", "| quantity | paper | published data | fresh runs |", "|---|---|---|---|"]
     lines += [f"| {x['quantity']} | {f(x['paper'])} | {f(x['published'])}{r(x['published_rel'])} | "
               f"{f(x['fresh'])}{r(x['fresh_rel'])} |" for x in rows]

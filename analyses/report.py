@@ -234,13 +234,15 @@ def paper_report(uri: str, preset: str, out: Path, json_path: Path) -> dict:
     if not published and not fresh:
         raise ReportError(f"no paper experiments in {uri}: import the published data (python -m "
                           "tracking.import_npz) or run the suite (python -m interventions.run paper)")
-    rows = paper.table(merged["published"], merged["fresh"])
+    fresh_p = paper.scale_of(merged["fresh"], preset)
+    rows = paper.table(merged["published"], merged["fresh"], fresh_p)
     out.mkdir(parents=True, exist_ok=True)
-    md = paper.markdown(rows, published, fresh, notes)
+    md = paper.markdown(rows, published, fresh, notes, fresh_p)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(report_html(md, out, "Report: the paper"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"figures": rows, "published": published, "fresh": fresh, "notes": notes},
+    json_path.write_text(json.dumps({"figures": rows, "published": published, "fresh": fresh, "fresh_p": fresh_p,
+                                     "notes": notes},
                                     indent=2, allow_nan=False, default=float))
     return {"results": {"paper": rows}, "notes": notes,
             "files": [str(out / "report.md"), str(out / "report.html"), str(json_path)]}

@@ -134,3 +134,19 @@ def test_the_paper_report_fills_the_published_column_with_the_printed_values(pap
     assert off == {"dose law p = 43: n", "dose law p = 43: delta AIC"}, off
     assert rows["float64 audit rho 1.15: T32"]["published"] is None
     assert "| T0, median t_grok (CE) | 3675 | 3675 (+0.0%) | - |" in md
+
+
+def test_fresh_runs_at_a_reduced_scale_fill_the_p59_figures_from_their_own_modulus():
+    """`analyses.report paper --preset default`: the default presets run p = 31, which stands in for the
+    paper's p = 59 in the fresh column; figures of another modulus (p = 43) stay empty."""
+    from analyses import paper
+    fresh = {"recovery": [{"p": 31, "loss": "ce", "model": "mlp", "time": "t_grok", "T0": 538, "T1": 3350}],
+             "dose_law": [{"p": 31, "model": "mlp", "alpha": 0.2}]}
+    fresh_p = paper.scale_of(fresh, "default")
+    rows = {r["quantity"]: r for r in paper.table({}, fresh, fresh_p)}
+    assert fresh_p == 31 and paper.scale_of(fresh, "paper") is None
+    assert rows["T0, median t_grok (CE)"]["fresh"] == 538 and rows["dose law p = 59: alpha"]["fresh"] == 0.2
+    assert rows["dose law p = 43: alpha"]["fresh"] is None
+    assert rows["T0, median t_grok (CE)"]["fresh_rel"] == pytest.approx((538 - 3675) / 3675)
+    assert all(r["fresh"] is None for r in paper.table({}, fresh, None))   # at paper scale: p = 59 only
+    assert "p = 31 stands in for the paper's p = 59" in paper.markdown(list(rows.values()), [], ["x"], [], fresh_p)
