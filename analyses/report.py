@@ -2,8 +2,8 @@
 
 Reads the experiment's member and arm runs back from MLflow (tracking.query), finds which designs it holds
 (designs.py), computes each (one small module per design), and writes report.md (tables at the paper's
-printed precision), report.html (the same page, self-contained), PNG figures and a JSON object with one list per design found to DIR (default
-reports/<experiment>), then logs the same files to a run tagged role=report under the study run.
+printed precision), report.html (the same page, self-contained), PNG figures and a JSON object with one
+list per design found to DIR (default reports/<experiment>), then logs the same files to a run tagged role=report under the study run.
 Exit 0 on success; 2 for an unreachable store, an unknown experiment or no analysable design (message on
 stderr). A design that is only partly there yields what it can, and the report says what is missing.
 """

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
             out["cluster_start_s"] = time.perf_counter() - t
             t = time.perf_counter()
             r = run([sys.executable, "-m", "interventions.run", *study, "--executor", "ray", "--ray-address", address,
-                     "--tracking-uri", server.uri, "--snapshot-dir", str(d / "snap")], cwd=d, capture_output=True, text=True)
+                     "--tracking-uri", server.uri, "--snapshot-dir", str(d / "snap")], cwd=d, capture_output=True,
+                    text=True)
             out["cluster_s"] = time.perf_counter() - t
         if r.returncode:
             sys.exit(f"cluster run failed:\n{r.stderr[-3000:]}")

@@ -2,8 +2,8 @@
 PyTorch module with its task.
 
 Where they are: a study with `save: {at_grok: true, final: true}` logs `checkpoints/grok.pt` and
-`checkpoints/final.pt` on every member run (and `checkpoints/embedding.npz`, see `write`); every study logs each fork snapshot on its study run
-(`forks/<arm>@<at>.pt`, every seed's state at that point). `load` reads either from a member run id, or a
+`checkpoints/final.pt` on every member run (and `checkpoints/embedding.npz`, see `write`); every study
+logs each fork snapshot on its study run (`forks/<arm>@<at>.pt`, every seed's state at that point). `load` reads either from a member run id, or a
 local file (a checkpoint, or a fork snapshot with `seed=`).
 """
 from __future__ import annotations

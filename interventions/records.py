@@ -17,7 +17,8 @@ from tracking.conventions import GROK_THRESHOLD, MEM_THRESHOLD
 from . import levers, native, tasks
 
 SHAPE_KEYS = ("p", "op", "train_fraction", "model", "d_embed", "d_hidden", "d_model", "n_heads", "d_mlp")
-INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok", "test_acc_at_grok")  # a fork keeps its parent's
+# the at-grok values a forked member keeps from its parent
+INHERITED = ("t_mem", "t_grok", "logit_scale_at_grok", "weight_norm_at_grok", "test_acc_at_grok")
 
 
 @dataclass
