@@ -12,14 +12,15 @@ import math
 CE, MLP = {"p": 59, "loss": "ce", "model": "mlp", "time": "t_grok"}, {"p": 59, "model": "mlp"}
 MSE = {"p": 59, "loss": "mse", "model": "mlp", "time": "t_grok"}
 TF = {"p": 59, "model": "transformer_noln", "time": "t_grok"}
+UP = {"rho": 1.15}   # figures of the norm-up arm: a fresh design raising the norm by another rho has none
 FIGURES = [
     ("T0, median t_grok (CE)", 3675, "recovery", CE, "T0"),
-    ("T1, median t_grok (CE)", 12600, "recovery", CE, "T1"),
-    ("recovery fraction (CE)", 0.833, "recovery", CE, "estimate"),
-    ("interpolated T2 (CE)", 5166, "recovery", CE, "T2_interpolated"),
-    *[(f"CE sweep at rho 1.15, tau {t}: median t_grok", v, "recovery", CE, f"sweep[tau={t}]/T")
+    ("T1, median t_grok (CE)", 12600, "recovery", {**CE, **UP}, "T1"),
+    ("recovery fraction (CE)", 0.833, "recovery", {**CE, **UP}, "estimate"),
+    ("interpolated T2 (CE)", 5166, "recovery", {**CE, **UP}, "T2_interpolated"),
+    *[(f"CE sweep at rho 1.15, tau {t}: median t_grok", v, "recovery", {**CE, **UP}, f"sweep[tau={t}]/T")
       for t, v in ((1.0, 12600), (1.15, 9100), (1.3, 6825), (1.5, 4700), (1.7, 3450))],
-    *[(f"CE sweep at rho 1.15, tau {t}: L at grok", v, "recovery", CE, f"sweep[tau={t}]/L")
+    *[(f"CE sweep at rho 1.15, tau {t}: L at grok", v, "recovery", {**CE, **UP}, f"sweep[tau={t}]/L")
       for t, v in ((1.0, 34.31), (1.15, 29.46), (1.3, 26.50), (1.5, 23.13), (1.7, 20.89))],
     ("baseline L at grok (CE)", 23.87, "recovery", CE, "L_baseline"),
     ("collapse R^2, L alone", 0.968, "collapse", MLP, "r2_logit"),
@@ -42,12 +43,12 @@ FIGURES = [
     ("dose law p = 43: delta AIC", 0.4, "dose_law", {"p": 43, "model": "mlp"}, "delta_aic"),
     ("layer allocation swing", 2.2, "allocation", MLP, "swing"),
     ("MSE: T0", 1175, "recovery", MSE, "T0"),
-    ("MSE: T1", 2225, "recovery", MSE, "T1"),
-    *[(f"MSE sweep at rho 1.15, tau {t}: median t_grok", v, "recovery", MSE, f"sweep[tau={t}]/T")
+    ("MSE: T1", 2225, "recovery", {**MSE, **UP}, "T1"),
+    *[(f"MSE sweep at rho 1.15, tau {t}: median t_grok", v, "recovery", {**MSE, **UP}, f"sweep[tau={t}]/T")
       for t, v in ((1.15, 2088), (1.3, 1900), (1.5, 1700), (1.7, 1550))],
     ("no-LN transformer: baseline t_grok", 1238, "recovery", TF, "T0"),
     ("no-LN transformer: baseline L at grok", 208, "recovery", TF, "L_baseline"),
-    *[(f"no-LN transformer sweep at rho 1.15, tau {t}: t_grok", v, "recovery", TF, f"sweep[tau={t}]/T")
+    *[(f"no-LN transformer sweep at rho 1.15, tau {t}: t_grok", v, "recovery", {**TF, **UP}, f"sweep[tau={t}]/T")
       for t, v in ((1.0, 16112), (1.15, 9525), (1.3, 6525), (1.5, 4712), (1.7, 3462))],
     ("float64 audit rho 1.15: T32", 12750, "precision", {"p": 59, "rho": 1.15}, "t_grok_float32"),
     ("float64 audit rho 1.15: T64", 12160, "precision", {"p": 59, "rho": 1.15}, "t_grok_float64"),
@@ -118,8 +119,25 @@ def scale_of(fresh: dict[str, list[dict]], preset: str) -> int | None:
     return None if preset == "paper" or not ps else max(set(ps), key=ps.count)
 
 
+def recovery_table(rows: list[dict]) -> list[str]:
+    """Every fresh recovery design at its own settings (modulus, loss, model, the norm-up arm's rho),
+    also those with no paper figure to stand beside (a reduced preset's other rho)."""
+    def n(v, fmt):
+        return "-" if v is None or v != v else format(v, fmt)
+    out = ["", "## Fresh recovery designs at their own settings", "",
+           "| experiment | design | rho | T0 | T1 | T2 interpolated | recovery [95% CI] | realized (logit-matched) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        out.append(f"| {x.get('experiment')} | {x.get('group')} | {n(x.get('rho'), 'g')} | "
+                   f"{n(x.get('T0'), '.0f')} | {n(x.get('T1'), '.0f')} | "
+                   f"{n(x.get('T2_interpolated'), '.0f')} | {n(x.get('estimate'), '.3f')} "
+                   f"[{n(x.get('ci_low'), '.3f')}, {n(x.get('ci_high'), '.3f')}] | "
+                   f"{n(x.get('realized_estimate'), '.3f')} |")
+    return out if rows else []
+
+
 def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: list[str],
-             fresh_p: int | None = None) -> str:
+             fresh_p: int | None = None, fresh_recovery: list[dict] = ()) -> str:
     def f(v):
         if v is None:
             return "-"
@@ -134,11 +152,13 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
              "'-': not in that source (not run yet, not released, or not reached).", "",
              f"Published data: {', '.join(published) or 'none imported'}. Fresh runs: {', '.join(fresh) or 'none'}.",
              *([f"Fresh runs at a reduced scale: p = {fresh_p} stands in for the paper's p = 59 (other "
-                "moduli: no fresh value), so their differences measure the scale, not a reproduction."]
+                "moduli: no fresh value), so their differences measure the scale, not a reproduction. A "
+                "design that raises the norm by another rho than 1.15 fills no rho-1.15 row."]
                if fresh_p is not None else []),
              "", "| quantity | paper | published data | fresh runs |", "|---|---|---|---|"]
     lines += [f"| {x['quantity']} | {f(x['paper'])} | {f(x['published'])}{r(x['published_rel'])} | "
               f"{f(x['fresh'])}{r(x['fresh_rel'])} |" for x in rows]
+    lines += recovery_table(list(fresh_recovery))
     if notes:
         lines += ["", "## Not computed", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -230,14 +230,14 @@ def paper_report(uri: str, preset: str, out: Path, json_path: Path) -> dict:
             results, why = analyse(members, cells)
             notes += [f"{x}: {n}" for n in why]
             for design, rows in results.items():
-                merged[side].setdefault(design, []).extend(rows)
+                merged[side].setdefault(design, []).extend({**r, "experiment": x} for r in rows)
     if not published and not fresh:
         raise ReportError(f"no paper experiments in {uri}: import the published data (python -m "
                           "tracking.import_npz) or run the suite (python -m interventions.run paper)")
     fresh_p = paper.scale_of(merged["fresh"], preset)
     rows = paper.table(merged["published"], merged["fresh"], fresh_p)
     out.mkdir(parents=True, exist_ok=True)
-    md = paper.markdown(rows, published, fresh, notes, fresh_p)
+    md = paper.markdown(rows, published, fresh, notes, fresh_p, merged["fresh"].get("recovery", []))
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(report_html(md, out, "Report: the paper"))
     json_path.parent.mkdir(parents=True, exist_ok=True)

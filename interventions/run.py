@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {study.source}: --device: cuda requested but no CUDA device is available",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
+    from .tracker import prestart
+    prestart(uri)   # the tracking process starts now, beside the imports of torch below
     executor = None
     if args.executor == "ray":
         from .cluster import ClusterError, RayExecutor

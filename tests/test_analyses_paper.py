@@ -138,15 +138,28 @@ def test_the_paper_report_fills_the_published_column_with_the_printed_values(pap
 
 def test_fresh_runs_at_a_reduced_scale_fill_the_p59_figures_from_their_own_modulus():
     """`analyses.report paper --preset default`: the default presets run p = 31, which stands in for the
-    paper's p = 59 in the fresh column; figures of another modulus (p = 43) stay empty."""
+    paper's p = 59 in the fresh column; figures of another modulus (p = 43) stay empty, and so do the
+    norm-up arm's figures (rho 1.15) of a design that raised the norm by another rho (the transformer's
+    default: 1.05), while its baseline's still count."""
     from analyses import paper
-    fresh = {"recovery": [{"p": 31, "loss": "ce", "model": "mlp", "time": "t_grok", "T0": 538, "T1": 3350}],
+    fresh = {"recovery": [{"p": 31, "loss": "ce", "model": "mlp", "time": "t_grok", "rho": 1.15, "T0": 538,
+                           "T1": 3350, "sweep": [{"tau": 1.0, "T": 3350}]},
+                          {"p": 31, "model": "transformer_noln", "time": "t_grok", "rho": 1.05, "T0": 925,
+                           "T1": 2950, "estimate": 0.737, "sweep": [{"tau": 1.0, "T": 2950}],
+                           "experiment": "transformer", "group": "p=31 ce transformer_noln float32"}],
              "dose_law": [{"p": 31, "model": "mlp", "alpha": 0.2}]}
     fresh_p = paper.scale_of(fresh, "default")
     rows = {r["quantity"]: r for r in paper.table({}, fresh, fresh_p)}
     assert fresh_p == 31 and paper.scale_of(fresh, "paper") is None
     assert rows["T0, median t_grok (CE)"]["fresh"] == 538 and rows["dose law p = 59: alpha"]["fresh"] == 0.2
     assert rows["dose law p = 43: alpha"]["fresh"] is None
+    assert rows["T1, median t_grok (CE)"]["fresh"] == 3350
+    assert rows["CE sweep at rho 1.15, tau 1.0: median t_grok"]["fresh"] == 3350
+    assert rows["no-LN transformer: baseline t_grok"]["fresh"] == 925
+    assert rows["no-LN transformer sweep at rho 1.15, tau 1.0: t_grok"]["fresh"] is None
     assert rows["T0, median t_grok (CE)"]["fresh_rel"] == pytest.approx((538 - 3675) / 3675)
     assert all(r["fresh"] is None for r in paper.table({}, fresh, None))   # at paper scale: p = 59 only
-    assert "p = 31 stands in for the paper's p = 59" in paper.markdown(list(rows.values()), [], ["x"], [], fresh_p)
+    md = paper.markdown(list(rows.values()), [], ["x"], [], fresh_p, fresh["recovery"])
+    assert "p = 31 stands in for the paper's p = 59" in md
+    # ... and the design at its own rho still has its recovery, in a table of its own
+    assert "| transformer | p=31 ce transformer_noln float32 | 1.05 | 925 | 2950 | - | 0.737 [-, -] | - |" in md

@@ -91,7 +91,7 @@ def test_param_conflict_is_refused_and_same_value_is_a_noop(uri):
 
 
 def test_curves_are_written_in_chunks_not_per_point(uri, monkeypatch):
-    rec = Recorder(uri, "bench", chunk=1000)
+    rec = Recorder(uri, "bench", chunk=1000, private_sql=False)   # the public path's calls are counted
     run_id = rec.run("member", "m seed=0", tags={"seed": 0})
     calls = []
     real = rec.client.log_batch
@@ -164,3 +164,72 @@ def test_bulk_insert_failing_midway_writes_nothing_and_the_public_path_gives_the
         public = imported("paper/public")
     assert len(public) == 5 and (public["status"] == "FINISHED").all()
     pd.testing.assert_frame_equal(private, public)
+
+
+def _store_contents(uri, run_id, keys):
+    c = MlflowClient(uri)
+    value = lambda v: "nan" if math.isnan(v) else v   # noqa: E731  (NaN != NaN)
+    history = {k: sorted((m.step, value(m.value), m.timestamp) for m in c.get_metric_history(run_id, k))
+               for k in keys}
+    return history, c.get_run(run_id).data.metrics
+
+
+def test_live_curves_through_the_sql_tables_store_what_log_batch_stores(uri, monkeypatch):
+    """The private path (tracking.bulk.log_metrics) against MLflow's log_batch on the same points: every
+    point, NaN and inf as MLflow keeps them, and the latest value per key, over two writes where the second
+    carries an older step; a failing private path warns once and log_batch writes the same."""
+    import time
+
+    import sqlalchemy
+    keys = ["train/loss", "test/acc"]
+    ts = int(time.time() * 1000)
+    first = {"train/loss": [(0, 2.0), (25, float("nan")), (50, float("inf"))], "test/acc": [(0, 0.1), (50, 0.9)]}
+    second = {"train/loss": [(75, 0.5), (10, 9.0)], "test/acc": [(25, 0.3)]}
+
+    def logged(private_sql, monkeypatch_insert=False):
+        rec = Recorder(uri, f"points/{private_sql}/{monkeypatch_insert}", private_sql=private_sql)
+        run_id = rec.run("member", "m seed=0", tags={"seed": 0})
+        rec.flush()
+        monkeypatch.setattr(time, "time", lambda: ts / 1000)   # the same timestamps on both paths
+        for rows in (first, second):
+            rec.log_curves(run_id, rows)
+            rec.flush()
+        monkeypatch.undo()
+        rec.close()
+        return _store_contents(uri, run_id, keys)
+
+    public, private = logged(False), logged(True)
+    assert private == public
+    history, latest = private
+    assert [s for s, *_ in history["train/loss"]] == [0, 10, 25, 50, 75]
+    assert history["train/loss"][2][1] == "nan" and history["train/loss"][3][1] == 1.7976931348623157e308
+    assert latest == {"train/loss": 0.5, "test/acc": 0.9}
+    real = sqlalchemy.insert
+
+    def insert(table):
+        if table.name == "latest_metrics":
+            raise RuntimeError("simulated: another MLflow's schema")
+        return real(table)
+    monkeypatch.setattr(sqlalchemy, "insert", insert)
+    with pytest.warns(RuntimeWarning, match="curve points through MLflow's SQL models failed.*log_batch"):
+        fallback = logged(True, monkeypatch_insert=True)
+    assert fallback == public
+
+
+def test_a_point_already_stored_goes_to_log_batch_and_keeps_the_sql_path(uri, recwarn):
+    """A chunk holding a point the store has (same key, step, value, timestamp: a replay) is written by
+    log_batch, which skips the duplicate; the next chunk goes through the SQL tables again, unwarned."""
+    from mlflow.entities import Metric
+
+    rec = Recorder(uri, "replay")
+    run_id = rec.run("member", "m seed=0", tags={"seed": 0})
+    rec.flush()
+    rec.client.log_batch(run_id, metrics=[Metric("k", 1.0, 1000, 0)])
+    rec.pending.add(run_id, metrics=[Metric("k", 1.0, 1000, 0), Metric("k", 2.0, 1000, 25)])
+    rec.flush()
+    assert rec.pending.private_sql and not [w for w in recwarn if "SQL models" in str(w.message)]
+    rec.pending.add(run_id, metrics=[Metric("k", 3.0, 1000, 50)])
+    rec.flush()
+    assert rec.pending.private_sql
+    assert [m.step for m in sorted(MlflowClient(uri).get_metric_history(run_id, "k"), key=lambda m: m.step)] == [0, 25, 50]
+    assert MlflowClient(uri).get_run(run_id).data.metrics == {"k": 3.0}

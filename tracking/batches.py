@@ -2,10 +2,16 @@
 
 Why buffered: one MLflow call is a ~10 ms SQLite transaction whatever its size, so points are kept in
 memory and written in calls of up to 1000 entries (MLflow's limit; <= 100 params and <= 100 tags each).
+On a SQL store the points go in through tracking.bulk.log_metrics (private, measured: see there), else
+through log_batch.
 """
 from __future__ import annotations
 
+import warnings
+
 from mlflow.entities import Metric, Param, RunTag
+
+from . import bulk
 
 CHUNK = 1000
 
@@ -13,8 +19,8 @@ CHUNK = 1000
 class Pending:
     """What is buffered, per run, until write(); `chunk` entries make a run's metric buffer full."""
 
-    def __init__(self, client, chunk: int = CHUNK):
-        self.client, self.chunk = client, chunk
+    def __init__(self, client, chunk: int = CHUNK, private_sql: bool = True):
+        self.client, self.chunk, self.private_sql = client, chunk, private_sql
         self.metrics: dict[str, list[Metric]] = {}
         self.params: dict[str, list[Param]] = {}
         self.tags: dict[str, list[RunTag]] = {}
@@ -41,9 +47,29 @@ class Pending:
             tags = {t.key: t for t in self.tags.pop(rid, [])}   # last value of a tag wins
             if not (metrics or params or tags):
                 continue
-            for batch in batches(self.chunk, metrics, params, list(tags.values())):
+            n = self._bulk(rid, metrics) if metrics and self.private_sql else 0
+            for batch in batches(self.chunk, metrics[n:], params, list(tags.values())):
                 self.client.log_batch(rid, **batch)
             done.append((rid, metrics, {k: t.value for k, t in tags.items()}))
+        return done
+
+    def _bulk(self, run_id: str, metrics: list[Metric]) -> int:
+        """How many of `metrics` (from the first) tracking.bulk wrote; log_batch takes the rest."""
+        done = 0
+        try:
+            for i in range(0, len(metrics), self.chunk):
+                bulk.log_metrics(self.client, run_id, metrics[i:i + self.chunk])
+                done = min(i + self.chunk, len(metrics))
+        except bulk.NotSQL:
+            self.private_sql = False
+        except Exception as e:
+            from sqlalchemy.exc import IntegrityError, OperationalError
+            # a point stored already (log_batch skips it) or a busy database: log_batch takes these
+            # points; anything else (another MLflow's schema) ends the private path
+            if not isinstance(e.__cause__ or e, (IntegrityError, OperationalError)):
+                self.private_sql = False
+                warnings.warn(f"curve points through MLflow's SQL models failed ({type(e).__name__}: {e}); "
+                              "using log_batch from now on", RuntimeWarning, stacklevel=3)
         return done
 
 

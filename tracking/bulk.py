@@ -79,6 +79,44 @@ def insert_finished_runs(client, experiment_id: str, runs: list[FinishedRun]) ->
 
 def _metric_row(run_id: str, key: str, step, value, timestamp: int) -> dict:
     value = float(value)
-    nan = math.isnan(value)   # MLflow stores NaN as value 0 with is_nan set
+    nan = math.isnan(value)   # as MLflow stores them: NaN as 0 with is_nan set, +-inf as +-max float
+    if math.isinf(value):
+        value = math.copysign(1.7976931348623157e308, value)
     return dict(run_uuid=run_id, key=key, value=0.0 if nan else value, timestamp=timestamp, step=int(step),
                 is_nan=nan)
+
+
+def log_metrics(client, run_id: str, metrics: list[Metric]) -> None:
+    """Curve points of one live run in one transaction (SQL stores only): what log_batch does for
+    metrics (the points, and the run's latest value per key by (step, timestamp, value)), as Core
+    inserts instead of ORM objects. Raises NotSQL, or what MLflow's internals raise, with nothing written;
+    the caller then uses log_batch (which also handles a point already stored)."""
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from sqlalchemy import delete, insert, select
+    except ImportError as e:
+        raise NotSQL(str(e)) from None
+    store = client._tracking_client.store
+    if not isinstance(store, SqlAlchemyStore):
+        raise NotSQL(type(store).__name__)
+    rows = [_metric_row(run_id, m.key, m.step, m.value, m.timestamp) for m in metrics]
+    latest: dict[str, dict] = {}
+    for row in rows:
+        old = latest.get(row["key"])
+        if old is None or _order(row) > _order(old):
+            latest[row["key"]] = row
+    lm = SqlLatestMetric.__table__
+    with store.ManagedSessionMaker(read_only=False) as session:
+        session.execute(insert(SqlMetric.__table__), rows)
+        stored = session.execute(select(lm).where(lm.c.run_uuid == run_id, lm.c.key.in_(list(latest)))).mappings()
+        keep = {r["key"] for r in stored if _order(r) >= _order(latest[r["key"]])}
+        newer = [row for k, row in latest.items() if k not in keep]
+        if newer:
+            session.execute(delete(lm).where(lm.c.run_uuid == run_id, lm.c.key.in_([r["key"] for r in newer])))
+            session.execute(insert(lm), newer)
+
+
+def _order(row) -> tuple:
+    """MLflow's 'more recent' order of two points of a key (SqlAlchemyStore._update_latest_metrics...)."""
+    return row["step"], row["timestamp"], row["value"]

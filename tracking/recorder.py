@@ -36,7 +36,7 @@ class Recorder:
         self.client = client(self.uri)
         self.private_sql = private_sql
         self.runs = RunIndex(self.client, self.experiment_id)
-        self.pending = Pending(self.client, chunk)
+        self.pending = Pending(self.client, chunk, private_sql)
         # A dropped Recorder, or a normal interpreter exit, still writes what is buffered.
         self._finalizer = weakref.finalize(self, _write_quietly, self.pending)
 
