@@ -34,20 +34,26 @@ def summary_metrics(metrics: dict | None) -> dict[str, float]:
     return {k: float(v) for k, v in (metrics or {}).items() if v is not None and not math.isnan(float(v))}
 
 
-def insert_finished_runs(client, experiment_id: str, runs: list[FinishedRun]) -> list[str]:
-    """Insert `runs` (all or none) and return their new ids. Raises NotSQL, or whatever MLflow's
-    internals raise, with nothing written."""
+def sql_store(client):
+    """The client's MLflow SqlAlchemyStore; NotSQL for any other store (or an MLflow without one)."""
     try:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-        from mlflow.utils.uri import append_to_uri_path
-        from mlflow.utils.validation import _validate_batch_log_data
-        from sqlalchemy import insert
     except ImportError as e:
         raise NotSQL(str(e)) from None
     store = client._tracking_client.store
     if not isinstance(store, SqlAlchemyStore):
         raise NotSQL(type(store).__name__)
+    return store
+
+
+def insert_finished_runs(client, experiment_id: str, runs: list[FinishedRun]) -> list[str]:
+    """Insert `runs` (all or none) and return their new ids. Raises NotSQL, or whatever MLflow's
+    internals raise, with nothing written."""
+    store = sql_store(client)
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+    from mlflow.utils.uri import append_to_uri_path
+    from mlflow.utils.validation import _validate_batch_log_data
+    from sqlalchemy import insert
     location = client.get_experiment(experiment_id).artifact_location
     now = int(time.time() * 1000)
     ids, runs_rows, tag_rows, param_rows, metric_rows, latest_rows = [], [], [], [], [], []
@@ -91,15 +97,9 @@ def log_metrics(client, run_id: str, metrics: list[Metric]) -> None:
     metrics (the points, and the run's latest value per key by (step, timestamp, value)), as Core
     inserts instead of ORM objects. Raises NotSQL, or what MLflow's internals raise, with nothing written;
     the caller then uses log_batch (which also handles a point already stored)."""
-    try:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-        from sqlalchemy import delete, insert, select
-    except ImportError as e:
-        raise NotSQL(str(e)) from None
-    store = client._tracking_client.store
-    if not isinstance(store, SqlAlchemyStore):
-        raise NotSQL(type(store).__name__)
+    store = sql_store(client)
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+    from sqlalchemy import delete, insert, select
     rows = [_metric_row(run_id, m.key, m.step, m.value, m.timestamp) for m in metrics]
     latest: dict[str, dict] = {}
     for row in rows:
