@@ -222,7 +222,7 @@ def _spawn(uri: str) -> tuple[str, subprocess.Popen, Connection]:
 
 def prestart(uri: str) -> None:
     """Start the next TrackerProcess's child now (from the main thread), so that its imports (MLflow,
-    SQLAlchemy, matplotlib) and the opening of the store (`uri`, already checked) overlap this process's
+    SQLAlchemy, matplotlib) and the opening of the store (`uri`, checked, if it exists) overlap this process's
     own start (torch, the kernels) rather than training: measured by benchmarks.tracking. The next
     TrackerProcess on `uri` takes it; an unused one ends with this process."""
     global _spare
@@ -243,12 +243,15 @@ def _die_with_parent(parent_pid: int) -> None:
 def _serve(conn, uri: str) -> None:
     # Before the first call arrives (see prestart): the imports, and the store opened (MLflow keeps one
     # store object per URI; runs are looked up only at "open", after a --fresh has deleted its runs).
+    # Only a store that exists already, or a server: the CLI may still refuse to start (exit 2), and
+    # must then leave no new store behind.
     from tracking.recorder import Recorder
-    from tracking.store import client
+    from tracking.store import client, sqlite_path
     from . import views
     del views      # imported for matplotlib (the graph picture)
     try:
-        client(uri)
+        if uri.startswith(("http:", "https:")) or (uri.startswith("sqlite:") and sqlite_path(uri).exists()):
+            client(uri)
     except Exception:
         pass           # the same error comes again at "open", and is reported then
     tracker, error = None, None
