@@ -6,7 +6,7 @@ MLflow's Python work (SQLAlchemy, matplotlib) neither holds this process's GIL n
 `sync()` returns once the child has written everything sent before it (the resume order relies on it).
 The child ignores Ctrl-C (the parent closes the runs) and dies with its parent (a SIGKILLed parent must
 not leave a writer behind that races the resumed process). The CLI starts the child early (`prestart`),
-so that its fixed cost (imports, opening the store: ~3 CPU-s) overlaps the CLI's own start.
+so that its fixed cost (imports, opening an existing store: ~4 CPU-s) overlaps the CLI's own start.
 """
 from __future__ import annotations
 

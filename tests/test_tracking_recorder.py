@@ -231,5 +231,6 @@ def test_a_point_already_stored_goes_to_log_batch_and_keeps_the_sql_path(uri, re
     rec.pending.add(run_id, metrics=[Metric("k", 3.0, 1000, 50)])
     rec.flush()
     assert rec.pending.private_sql
-    assert [m.step for m in sorted(MlflowClient(uri).get_metric_history(run_id, "k"), key=lambda m: m.step)] == [0, 25, 50]
+    history = MlflowClient(uri).get_metric_history(run_id, "k")
+    assert sorted(m.step for m in history) == [0, 25, 50]
     assert MlflowClient(uri).get_run(run_id).data.metrics == {"k": 3.0}
