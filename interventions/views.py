@@ -75,9 +75,7 @@ def _ps(st: Study) -> str:
 
 def draw_graph(graph: Graph, path, fork_steps: dict | None = None) -> None:
     """PNG of the graph: arms as boxes by dependency depth, fork edges solid, derivation edges dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # not pyplot: no global figure state, no backend to choose
 
     depth: dict[str, int] = {}
     for n in graph.order:
@@ -87,7 +85,8 @@ def draw_graph(graph: Graph, path, fork_steps: dict | None = None) -> None:
         cols.setdefault(depth[n], []).append(n)
     tall = max(len(v) for v in cols.values())
     pos = {n: (3.2 * d, (len(names) - 1) / 2 - i) for d, names in cols.items() for i, n in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(3.4 * len(cols) + 1, 0.62 * tall + 1.4))
+    fig = Figure(figsize=(3.4 * len(cols) + 1, 0.62 * tall + 1.4))
+    ax = fig.subplots()
     boxes = {}
     for n, (x, y) in pos.items():
         a = graph.arms[n]
@@ -111,4 +110,3 @@ def draw_graph(graph: Graph, path, fork_steps: dict | None = None) -> None:
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

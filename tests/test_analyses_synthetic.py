@@ -136,11 +136,11 @@ def write_store(uri, experiment, cells_):
         rec.log_curves(arm_id, {"logit/scale": list(zip(curves["step"], curves["value"])),
                                 "test/acc": [(0, 0.0), (int(members["t_grok"].median()), 0.95)]})
         metrics = ["t_mem", "t_grok", "delay", "grokked", "logit_scale_at_grok"]
-        rec.add_finished_runs("member", arm_id, [
+        rec.add_runs("member", arm_id, [
             {"name": f"{arm} seed={int(r.seed)}", "params": {**params, "seed": int(r.seed)},
              "tags": {"study": experiment, "arm": arm, "seed": int(r.seed)},
              "metrics": {k: (None if pd.isna(getattr(r, k)) else float(getattr(r, k))) for k in metrics}}
-            for r in members.itertuples()])
+            for r in members.itertuples()], status="FINISHED")
         rec.finish(arm_id)
     rec.finish(study)
     rec.close()

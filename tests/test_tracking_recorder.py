@@ -29,6 +29,18 @@ def uri(template, tmp_path):
     return f"sqlite:///{db}"
 
 
+def _fail_inserts_into(table_name, monkeypatch):
+    """tracking.bulk's inserts into `table_name` raise, as another MLflow's schema would."""
+    import sqlalchemy
+    real = sqlalchemy.insert
+
+    def insert(table):
+        if table.name == table_name:
+            raise RuntimeError("simulated: another MLflow's schema")
+        return real(table)
+    monkeypatch.setattr(sqlalchemy, "insert", insert)
+
+
 def _hierarchy(rec, seed=3):
     study = rec.run("study", "fork_study", tags={"study": "fork_study"}, description="a fork study")
     arm = rec.run("arm", "clamp_raised", parent_id=study, params=ARM_PARAMS,
@@ -119,11 +131,11 @@ def test_bulk_finished_runs_resume_without_duplicates(uri):
     arm = rec.run("arm", "a", tags={"arm": "a"})
     specs = [{"name": f"a seed={s}", "params": {"arm": "a", "seed": s}, "tags": {"arm": "a", "seed": s},
               "metrics": {"t_grok": 100.0 * s if s else None, "grokked": float(s > 0)}} for s in range(4)]
-    ids = rec.add_finished_runs("member", arm, specs[:2])
+    ids = rec.add_runs("member", arm, specs[:2], status="FINISHED")
     rec.close()
     rec = Recorder(uri, "paper/x")
     arm2 = rec.run("arm", "a", tags={"arm": "a"})
-    ids2 = rec.add_finished_runs("member", arm2, specs)
+    ids2 = rec.add_runs("member", arm2, specs, status="FINISHED")
     rec.finish(arm2)
     c = MlflowClient(uri)
     assert arm2 == arm and ids2[:2] == ids and len(set(ids2)) == 4
@@ -137,8 +149,6 @@ def test_bulk_finished_runs_resume_without_duplicates(uri):
 
 
 def test_bulk_insert_failing_midway_writes_nothing_and_the_public_path_gives_the_same_runs(uri, monkeypatch):
-    import sqlalchemy
-
     from tracking.query import load_runs
     specs = [{"name": f"a seed={s}", "params": {"arm": "a", "seed": s, "rho": 1.15}, "tags": {"arm": "a", "seed": s},
               "metrics": {"t_grok": 100.0 * s if s else None, "grokked": float(s > 0)}} for s in range(4)]
@@ -146,20 +156,13 @@ def test_bulk_insert_failing_midway_writes_nothing_and_the_public_path_gives_the
     def imported(experiment):
         rec = Recorder(uri, experiment)
         arm = rec.run("arm", "a", tags={"arm": "a"})
-        rec.add_finished_runs("member", arm, specs)
+        rec.add_runs("member", arm, specs, status="FINISHED")
         rec.finish(arm)
         rec.close()
         return load_runs(experiment, uri).drop(columns=["run_id", "parent_run_id"])
 
     private = imported("paper/private")
-    real = sqlalchemy.insert
-
-    def insert(table):   # the private path fails after runs, tags and params went into its transaction
-        if table.name == "metrics":
-            raise RuntimeError("simulated: another MLflow's schema")
-        return real(table)
-
-    monkeypatch.setattr(sqlalchemy, "insert", insert)
+    _fail_inserts_into("metrics", monkeypatch)   # after runs, tags and params went into the transaction
     with pytest.warns(RuntimeWarning, match="bulk insert through MLflow's SQL models failed.*public API"):
         public = imported("paper/public")
     assert len(public) == 5 and (public["status"] == "FINISHED").all()
@@ -180,7 +183,6 @@ def test_live_curves_through_the_sql_tables_store_what_log_batch_stores(uri, mon
     carries an older step; a failing private path warns once and log_batch writes the same."""
     import time
 
-    import sqlalchemy
     keys = ["train/loss", "test/acc"]
     ts = int(time.time() * 1000)
     first = {"train/loss": [(0, 2.0), (25, float("nan")), (50, float("inf"))], "test/acc": [(0, 0.1), (50, 0.9)]}
@@ -204,13 +206,7 @@ def test_live_curves_through_the_sql_tables_store_what_log_batch_stores(uri, mon
     assert [s for s, *_ in history["train/loss"]] == [0, 10, 25, 50, 75]
     assert history["train/loss"][2][1] == "nan" and history["train/loss"][3][1] == 1.7976931348623157e308
     assert latest == {"train/loss": 0.5, "test/acc": 0.9}
-    real = sqlalchemy.insert
-
-    def insert(table):
-        if table.name == "latest_metrics":
-            raise RuntimeError("simulated: another MLflow's schema")
-        return real(table)
-    monkeypatch.setattr(sqlalchemy, "insert", insert)
+    _fail_inserts_into("latest_metrics", monkeypatch)
     with pytest.warns(RuntimeWarning, match="curve points through MLflow's SQL models failed.*log_batch"):
         fallback = logged(True, monkeypatch_insert=True)
     assert fallback == public
@@ -234,3 +230,69 @@ def test_a_point_already_stored_goes_to_log_batch_and_keeps_the_sql_path(uri, re
     history = MlflowClient(uri).get_metric_history(run_id, "k")
     assert sorted(m.step for m in history) == [0, 25, 50]
     assert MlflowClient(uri).get_run(run_id).data.metrics == {"k": 3.0}
+
+
+def _runs_as_stored(uri, experiment, keys):
+    """Every run of `experiment` as the store holds it, ids replaced by run names (comparable across paths)."""
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+    names = {r.info.run_id: r.info.run_name for r in runs}
+    out = {}
+    for r in runs:
+        i, rid = r.info, r.info.run_id
+        tags = {k: names.get(v, v) if k == "mlflow.parentRunId" else v for k, v in r.data.tags.items()}
+        out[i.run_name] = dict(
+            info=(i.status, i.user_id, i.lifecycle_stage, i.end_time is not None, i.start_time > 0,
+                  i.artifact_uri.endswith(f"{rid}/artifacts")),
+            tags=tags, params=r.data.params, metrics=r.data.metrics,
+            inputs=sorted((d.dataset.name, d.dataset.digest, d.dataset.source_type, d.dataset.source,
+                           d.dataset.profile, tuple((t.key, t.value) for t in d.tags)) for d in r.inputs.dataset_inputs),
+            history={k: sorted((m.step, m.value) for m in c.get_metric_history(rid, k)) for k in keys})
+    return out
+
+
+def test_live_member_runs_through_the_sql_tables_store_what_the_public_api_stores(uri, monkeypatch):
+    """A study's arm opens its members in one transaction (tracking.bulk.insert_runs, RUNNING, with params,
+    tags and dataset inputs; a dataset two runs share is stored once) and ends them in one: the store then
+    holds what create_run + log_inputs + log_batch + set_terminated per run write. Opening them again
+    (a resumed study) finds the same runs; a failing private path warns and the public API writes the same."""
+    keys = ["train/acc", "logit/scale"]
+
+    def dataset(seed):
+        return {"name": "add_mod23_tf0.70", "digest": f"d{seed % 2}", "source": {"p": 23, "split_seeds": [seed % 2]},
+                "profile": {"train_pairs": 370, "test_pairs": 159}}
+
+    members = [{"name": f"clamp_raised seed={s}", "params": {**ARM_PARAMS, "seed": s}, "description": f"seed {s}",
+                "tags": {"study": "fork_study", "arm": "clamp_raised", "seed": s}, "datasets": [dataset(s)]}
+               for s in range(3)]
+
+    def study(experiment, private_sql=True):
+        rec = Recorder(uri, experiment, private_sql=private_sql)
+        arm = rec.run("arm", "clamp_raised", params=ARM_PARAMS, tags={"study": "fork_study", "arm": "clamp_raised"})
+        ids = rec.add_runs("member", arm, members)
+        assert {rec.status(i) for i in ids} == {"RUNNING"}
+        again = Recorder(uri, experiment, private_sql=private_sql).add_runs("member", arm, members)
+        assert again == ids
+        for step in (0, 25, 50):
+            for s, rid in enumerate(ids):
+                rec.log_curves(rid, {k: [(step, s + step / 100)] for k in keys})
+        rec.flush()
+        for s, rid in enumerate(ids):
+            rec.log_summary(rid, {"t_grok": 100.0 * s if s else None, "grokked": float(s > 0)})
+        rec.finish([*ids, arm])
+        rec.close()
+        return _runs_as_stored(uri, experiment, keys)
+
+    private, public = study("live/private"), study("live/public", private_sql=False)
+    assert private == public
+    assert {r["info"][0] for r in private.values()} == {"FINISHED"} and len(private) == 4
+    assert private["clamp_raised seed=2"]["metrics"]["grokked"] == 1.0
+    assert private["clamp_raised seed=1"]["history"]["train/acc"] == [(0, 1.0), (25, 1.25), (50, 1.5)]
+    with sqlite3.connect(sqlite_path(uri)) as db:   # seeds 0 and 2 share a split: one dataset per experiment
+        n = db.execute("select count(*) from datasets d join experiments e on d.experiment_id = e.experiment_id "
+                       "where e.name = 'live/private'").fetchone()[0]
+    assert n == 2
+    _fail_inserts_into("inputs", monkeypatch)   # after runs, tags and params went into the transaction
+    with pytest.warns(RuntimeWarning, match="bulk insert through MLflow's SQL models failed.*public API"):
+        fallback = study("live/fallback")
+    assert fallback == public

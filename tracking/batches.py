@@ -2,8 +2,8 @@
 
 Why buffered: one MLflow call is a ~10 ms SQLite transaction whatever its size, so points are kept in
 memory and written in calls of up to 1000 entries (MLflow's limit; <= 100 params and <= 100 tags each).
-On a SQL store the points go in through tracking.bulk.log_metrics (private, measured: see there), else
-through log_batch.
+On a SQL store the points of every run written at once go in through tracking.bulk.log_metrics, in one
+transaction (private, measured: see there), else through log_batch.
 """
 from __future__ import annotations
 
@@ -38,38 +38,41 @@ class Pending:
         Returns (run_id, metrics, tags) written, tags as {key: last value}.
         """
         ids = set(self.metrics) | set(self.params) | set(self.tags) if run_ids is None else run_ids
-        done = []
+        todo = []
         for rid in list(ids):
             if only_full and len(self.metrics.get(rid, ())) < self.chunk:
                 continue
             metrics = self.metrics.pop(rid, [])
             params = self.params.pop(rid, [])
             tags = {t.key: t for t in self.tags.pop(rid, [])}   # last value of a tag wins
-            if not (metrics or params or tags):
-                continue
-            n = self._bulk(rid, metrics) if metrics and self.private_sql else 0
-            for batch in batches(self.chunk, metrics[n:], params, list(tags.values())):
+            if metrics or params or tags:
+                todo.append((rid, metrics, params, tags))
+        sent = self._bulk({rid: m for rid, m, _, _ in todo if m}) if self.private_sql else set()
+        for rid, metrics, params, tags in todo:
+            for batch in batches(self.chunk, [] if rid in sent else metrics, params, list(tags.values())):
                 self.client.log_batch(rid, **batch)
-            done.append((rid, metrics, {k: t.value for k, t in tags.items()}))
-        return done
+        return [(rid, metrics, {k: t.value for k, t in tags.items()}) for rid, metrics, _, tags in todo]
 
-    def _bulk(self, run_id: str, metrics: list[Metric]) -> int:
-        """How many of `metrics` (from the first) tracking.bulk wrote; log_batch takes the rest."""
-        done = 0
-        try:
-            for i in range(0, len(metrics), self.chunk):
-                bulk.log_metrics(self.client, run_id, metrics[i:i + self.chunk])
-                done = min(i + self.chunk, len(metrics))
-        except bulk.NotSQL:
-            self.private_sql = False
-        except Exception as e:
-            from sqlalchemy.exc import IntegrityError, OperationalError
-            # a point stored already (log_batch skips it) or a busy database: log_batch takes these
-            # points; anything else (another MLflow's schema) ends the private path
-            if not isinstance(e.__cause__ or e, (IntegrityError, OperationalError)):
+    def _bulk(self, points: dict[str, list[Metric]]) -> set[str]:
+        """The runs whose points tracking.bulk wrote: all in one transaction; where that fails on a point
+        stored already (log_batch skips it) or a busy database, run by run, and log_batch takes the runs
+        that fail again. Any other failure (another MLflow's schema) ends the private path."""
+        from sqlalchemy.exc import IntegrityError, OperationalError
+        parts, done = [points] if points else [], set()
+        while parts and self.private_sql:
+            part = parts.pop()
+            try:
+                bulk.log_metrics(self.client, part)
+                done |= set(part)
+            except bulk.NotSQL:
                 self.private_sql = False
-                warnings.warn(f"curve points through MLflow's SQL models failed ({type(e).__name__}: {e}); "
-                              "using log_batch from now on", RuntimeWarning, stacklevel=3)
+            except Exception as e:
+                if not isinstance(e.__cause__ or e, (IntegrityError, OperationalError)):
+                    self.private_sql = False
+                    warnings.warn(f"curve points through MLflow's SQL models failed ({type(e).__name__}: {e}); "
+                                  "using log_batch from now on", RuntimeWarning, stacklevel=4)
+                elif len(part) > 1:
+                    parts += [{rid: ms} for rid, ms in part.items()]
         return done
 
 

@@ -1,9 +1,12 @@
-"""Many finished runs in one SQL transaction, through MLflow's private table models (SQL stores only).
+"""Many runs in one SQL transaction, through MLflow's private table models (SQL stores only): a bulk
+import's finished runs, a study's live member runs (with their dataset inputs), their curve points, and
+their end.
 
-Private API, kept because it is measured to matter (`python -m benchmarks.tracking --store`, 1000 member
-runs in arms of 12, mlflow 3.17.2: 2.4 s here against 30 s through the public create_run + log_batch +
-set_terminated per run, 13x). Any failure here (another MLflow version, another store) raises before
-anything is committed, and the caller falls back to the public path.
+Private API, kept because it is measured to matter (`python -m benchmarks.tracking --store`, mlflow 3.17.2:
+1000 finished member runs in arms of 12, 2.4 s against 30 s through the public create_run + log_batch +
+set_terminated per run, 13x; at --members 300, 30 live member runs opened and ended an arm at a time 9.0x,
+curve points 9.7x). Any failure here (another MLflow version, another store) raises before anything is
+committed, and the caller falls back to the public path.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 
 
 class NotSQL(Exception):
@@ -20,13 +23,14 @@ class NotSQL(Exception):
 
 
 @dataclass
-class FinishedRun:
-    """One run to insert, already FINISHED: tags hold mlflow.runName, role, identity and the parent."""
+class NewRun:
+    """One run to insert: tags hold mlflow.runName, role, identity and the parent."""
     name: str
     tags: dict[str, str]
     params: dict[str, str]
-    metrics: dict[str, float]   # summaries, logged at step 0; None/NaN already dropped
+    metrics: dict[str, float] = field(default_factory=dict)   # summaries, at step 0; None/NaN already dropped
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)   # other keys: (step, value)
+    datasets: list[DatasetInput] = field(default_factory=list)
 
 
 def summary_metrics(metrics: dict | None) -> dict[str, float]:
@@ -46,13 +50,14 @@ def sql_store(client):
     return store
 
 
-def insert_finished_runs(client, experiment_id: str, runs: list[FinishedRun]) -> list[str]:
-    """Insert `runs` (all or none) and return their new ids. Raises NotSQL, or whatever MLflow's
-    internals raise, with nothing written."""
+def insert_runs(client, experiment_id: str, runs: list[NewRun], status: str = "FINISHED") -> list[str]:
+    """Insert `runs` (all or none) with `status` (RUNNING: live, no end time) and return their new ids,
+    as create_run + log_batch + log_inputs (+ set_terminated) would store them. Raises NotSQL, or whatever
+    MLflow's internals raise, with nothing written."""
     store = sql_store(client)
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
     from mlflow.utils.uri import append_to_uri_path
-    from mlflow.utils.validation import _validate_batch_log_data
+    from mlflow.utils.validation import _validate_batch_log_data, _validate_dataset_inputs
     from sqlalchemy import insert
     location = client.get_experiment(experiment_id).artifact_location
     now = int(time.time() * 1000)
@@ -61,13 +66,14 @@ def insert_finished_runs(client, experiment_id: str, runs: list[FinishedRun]) ->
         _validate_batch_log_data([Metric(k, v, now, 0) for k, v in r.metrics.items()],
                                  [Param(k, v) for k, v in r.params.items()],
                                  [RunTag(k, v) for k, v in r.tags.items()])
+        _validate_dataset_inputs(r.datasets)
         run_id = uuid.uuid4().hex
         ids.append(run_id)
         runs_rows.append(dict(run_uuid=run_id, name=r.name, experiment_id=int(experiment_id),
                               artifact_uri=append_to_uri_path(location, run_id, "artifacts"),
                               source_type="UNKNOWN", source_name="", entry_point_name="", user_id="unknown",
-                              status="FINISHED", start_time=now, end_time=now, deleted_time=None,
-                              source_version="", lifecycle_stage="active"))
+                              status=status, start_time=now, end_time=None if status == "RUNNING" else now,
+                              deleted_time=None, source_version="", lifecycle_stage="active"))
         tag_rows += [dict(run_uuid=run_id, key=k, value=v) for k, v in r.tags.items()]
         param_rows += [dict(run_uuid=run_id, key=k, value=v) for k, v in r.params.items()]
         points = {**{k: [(0, v)] for k, v in r.metrics.items()}, **r.curves}
@@ -80,7 +86,54 @@ def insert_finished_runs(client, experiment_id: str, runs: list[FinishedRun]) ->
                             (SqlMetric, metric_rows), (SqlLatestMetric, latest_rows)):
             if rows:
                 session.execute(insert(model.__table__), rows)
+        _insert_inputs(session, int(experiment_id), [(rid, r.datasets) for rid, r in zip(ids, runs)])
     return ids
+
+
+def _insert_inputs(session, experiment_id: int, runs: list[tuple[str, list[DatasetInput]]]) -> None:
+    """Dataset inputs of new runs, as log_inputs stores them: a dataset (experiment, name, digest) is
+    stored once and shared; each run gets an input edge with its tags."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlInput, SqlInputTag
+    from sqlalchemy import insert, select
+    wanted = {(d.dataset.name, d.dataset.digest): d.dataset for _, inputs in runs for d in inputs}
+    if not wanted:
+        return
+    t = SqlDataset.__table__
+    found = session.execute(select(t.c.name, t.c.digest, t.c.dataset_uuid).where(
+        t.c.experiment_id == experiment_id, t.c.name.in_({n for n, _ in wanted}),
+        t.c.digest.in_({d for _, d in wanted})))
+    uuids = {(name, digest): u for name, digest, u in found}
+    datasets, edges, edge_tags = [], [], []
+    for key, ds in wanted.items():
+        if key not in uuids:
+            uuids[key] = uuid.uuid4().hex
+            datasets.append(dict(dataset_uuid=uuids[key], experiment_id=experiment_id, name=ds.name,
+                                 digest=ds.digest, dataset_source_type=ds.source_type, dataset_source=ds.source,
+                                 dataset_schema=ds.schema, dataset_profile=ds.profile))
+    for run_id, inputs in runs:
+        for key, d in {(d.dataset.name, d.dataset.digest): d for d in reversed(inputs)}.items():  # first wins
+            edge = uuid.uuid4().hex
+            edges.append(dict(input_uuid=edge, source_type="DATASET", source_id=uuids[key], destination_type="RUN",
+                              destination_id=run_id, step=0))
+            edge_tags += [dict(input_uuid=edge, name=tag.key, value=tag.value) for tag in d.tags]
+    for model, rows in ((SqlDataset, datasets), (SqlInput, edges), (SqlInputTag, edge_tags)):
+        if rows:
+            session.execute(insert(model.__table__), rows)
+
+
+def end_runs(client, run_ids: list[str], status: str) -> int:
+    """Set the runs' status and end time, as set_terminated does, in one statement, and return how many;
+    raises (nothing written) unless every one of them is an active run of the store."""
+    store = sql_store(client)
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+    from sqlalchemy import update
+    t = SqlRun.__table__
+    with store.ManagedSessionMaker(read_only=False) as session:
+        n = session.execute(update(t).where(t.c.run_uuid.in_(run_ids), t.c.lifecycle_stage == "active")
+                            .values(status=status, end_time=int(time.time() * 1000))).rowcount
+        if n != len(set(run_ids)):
+            raise LookupError(f"{len(set(run_ids)) - n} of {len(set(run_ids))} runs are not active runs of the store")
+    return n
 
 
 def _metric_row(run_id: str, key: str, step, value, timestamp: int) -> dict:
@@ -92,28 +145,36 @@ def _metric_row(run_id: str, key: str, step, value, timestamp: int) -> dict:
                 is_nan=nan)
 
 
-def log_metrics(client, run_id: str, metrics: list[Metric]) -> None:
-    """Curve points of one live run in one transaction (SQL stores only): what log_batch does for
-    metrics (the points, and the run's latest value per key by (step, timestamp, value)), as Core
-    inserts instead of ORM objects. Raises NotSQL, or what MLflow's internals raise, with nothing written;
-    the caller then uses log_batch (which also handles a point already stored)."""
+def log_metrics(client, points: dict[str, list[Metric]]) -> None:
+    """Curve points of live runs ({run_id: points}) in one transaction (SQL stores only): what log_batch
+    does for metrics (the points, and each run's latest value per key by (step, timestamp, value)), as
+    Core inserts instead of ORM objects. Raises NotSQL, or what MLflow's internals raise, with nothing
+    written; the caller then uses log_batch (which also handles a point already stored)."""
     store = sql_store(client)
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
     from sqlalchemy import delete, insert, select
-    rows = [_metric_row(run_id, m.key, m.step, m.value, m.timestamp) for m in metrics]
-    latest: dict[str, dict] = {}
+    rows = [_metric_row(run_id, m.key, m.step, m.value, m.timestamp) for run_id, ms in points.items() for m in ms]
+    latest: dict[tuple[str, str], dict] = {}
     for row in rows:
-        old = latest.get(row["key"])
+        old = latest.get((row["run_uuid"], row["key"]))
         if old is None or _order(row) > _order(old):
-            latest[row["key"]] = row
+            latest[row["run_uuid"], row["key"]] = row
+    if not rows:
+        return
     lm = SqlLatestMetric.__table__
     with store.ManagedSessionMaker(read_only=False) as session:
         session.execute(insert(SqlMetric.__table__), rows)
-        stored = session.execute(select(lm).where(lm.c.run_uuid == run_id, lm.c.key.in_(list(latest)))).mappings()
-        keep = {r["key"] for r in stored if _order(r) >= _order(latest[r["key"]])}
+        stored = session.execute(select(lm).where(lm.c.run_uuid.in_(list(points)),
+                                                  lm.c.key.in_({k for _, k in latest}))).mappings()
+        keep = {(r["run_uuid"], r["key"]) for r in stored
+                if (r["run_uuid"], r["key"]) in latest and _order(r) >= _order(latest[r["run_uuid"], r["key"]])}
         newer = [row for k, row in latest.items() if k not in keep]
+        by_run: dict[str, list[str]] = {}
+        for row in newer:
+            by_run.setdefault(row["run_uuid"], []).append(row["key"])
+        for run_id, keys in by_run.items():
+            session.execute(delete(lm).where(lm.c.run_uuid == run_id, lm.c.key.in_(keys)))
         if newer:
-            session.execute(delete(lm).where(lm.c.run_uuid == run_id, lm.c.key.in_([r["key"] for r in newer])))
             session.execute(insert(lm), newer)
 
 

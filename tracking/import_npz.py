@@ -77,9 +77,9 @@ def import_folder(folder: Path, uri: str, summary: Summary, log=print) -> None:
         tags = {**tags, "design_role": cell.params["design_role"]}   # not identity: found again by study/arm
         arm_id = rec.run("arm", stem, parent_id=study_id, params=cell.params, tags=tags,
                          description=cell.description)
-        rec.add_finished_runs("member", arm_id, [
+        rec.add_runs("member", arm_id, [
             {"name": f"{stem} seed={s}", "params": {**cell.params, "seed": s}, "tags": {**tags, "seed": s},
-             "metrics": metrics} for s, metrics in enumerate(cell.members)])
+             "metrics": metrics} for s, metrics in enumerate(cell.members)], status="FINISHED")
         rec.log_curves(arm_id, cell.curves)
         rec.log_summary(arm_id, cell.arm_metrics)
         rec.finish(arm_id)   # last: a FINISHED arm means every member is there

@@ -7,6 +7,7 @@ error), and a (key, step) already in the store is never logged again.
 """
 from __future__ import annotations
 
+import json
 import time
 import warnings
 import weakref
@@ -25,8 +26,9 @@ class Recorder:
     """Writes one experiment's runs. Safe to recreate after a crash: it finds and reuses its runs.
 
     Call flush() before writing a training snapshot: points still buffered when the process dies are
-    lost, and a resumed run only re-emits the steps after its snapshot. private_sql=False: bulk imports
-    use MLflow's public API only (slower; benchmarks/tracking.py compares the two).
+    lost, and a resumed run only re-emits the steps after its snapshot. private_sql=False: runs added or
+    ended several at a time, and curve points, use MLflow's public API only (slower; `python -m
+    benchmarks.tracking --store` compares the two).
     """
 
     def __init__(self, uri: str | None, experiment: str, *, chunk: int = CHUNK, private_sql: bool = True):
@@ -73,13 +75,14 @@ class Recorder:
             st.status = "RUNNING"
         return run_id
 
-    def add_finished_runs(self, role: str, parent_id: str | None, runs: list[dict]) -> list[str]:
-        """Many runs at once, already FINISHED, with params, tags and summary metrics (a bulk import).
+    def add_runs(self, role: str, parent_id: str | None, runs: list[dict], status: str = "RUNNING") -> list[str]:
+        """Many runs under one parent at once: a study's live members (RUNNING), or a bulk import's
+        finished runs (FINISHED). Each dict: name, params, tags, optional description, identity, metrics
+        (summaries at step 0), datasets (log_dataset's keyword arguments).
 
-        Each dict: name, params, tags, metrics (summaries at step 0), optional description, identity.
         New runs go into the store in ONE transaction when it is SQL (tracking.bulk); runs that already
-        exist, or all of them where that cannot be used, are completed one by one through
-        run()/log_summary()/finish(), so a half-done import resumes without duplicates.
+        exist, or all of them where that cannot be used, are completed one by one through run(),
+        log_dataset(), log_summary() (and finish()), so a half-done call resumes without duplicates.
         """
         specs = []
         for r in runs:
@@ -88,41 +91,49 @@ class Recorder:
             if parent_id:
                 tags[PARENT_TAG] = parent_id
             params = {k: param_str(v) for k, v in (r.get("params") or {}).items()}
-            specs.append(bulk.FinishedRun(r["name"], tags, params, bulk.summary_metrics(r.get("metrics"))))
+            specs.append(bulk.NewRun(r["name"], tags, params, bulk.summary_metrics(r.get("metrics")),
+                                     datasets=[_dataset_input(**d) for d in r.get("datasets", ())]))
         ids = [self.runs.lookup(s.tags["identity"], parent_id) for s in specs]
         new = [i for i, rid in enumerate(ids) if rid is None]
-        inserted = self._insert([specs[i] for i in new]) if new else []   # all of them or none
-        for i, rid in zip(new, inserted):
+        inserted = self._bulk("bulk insert", bulk.insert_runs, self.experiment_id, [specs[i] for i in new],
+                              status) if new else None   # all of them or none
+        for i, rid in zip(new, inserted or ()):
             ids[i] = rid
+            s = specs[i]
+            self.runs.add(RunState(rid, s.name, status, params=dict(s.params), latest=dict(s.metrics),
+                                   stored_keys=set(s.metrics), tags=dict(s.tags)))
         bulked = set(new) if inserted else set()
         for i, r in enumerate(runs):
             if i in bulked:
                 continue
             ids[i] = self.run(role, r["name"], parent_id=parent_id, params=r.get("params"), tags=r.get("tags"),
-                              description=r.get("description"), identity=r.get("identity"), reopen=False)
+                              description=r.get("description"), identity=r.get("identity"),
+                              reopen=status == "RUNNING")
+            for d in r.get("datasets", ()):
+                self.log_dataset(ids[i], **d)
             self.log_summary(ids[i], r.get("metrics") or {})
-            if self.status(ids[i]) == "FINISHED":
+            if status == "RUNNING":
+                continue   # written with the next flush
+            if self.status(ids[i]) == status:
                 self._write(run_ids=[ids[i]])
             else:
-                self.finish(ids[i])
+                self.finish(ids[i], status)
         return ids
 
-    def _insert(self, specs: list[bulk.FinishedRun]) -> list[str]:
-        """New finished runs in one transaction; [] (nothing written) where the private path cannot be used."""
+    def _bulk(self, what: str, fn, *args):
+        """fn(client, *args), one of tracking.bulk's private paths; None where it cannot be used (not a SQL
+        store, or a failure: warned, and the public API is used from then on). Nothing is half-written."""
         if not self.private_sql:
-            return []
+            return None
         try:
-            ids = bulk.insert_finished_runs(self.client, self.experiment_id, specs)
+            return fn(self.client, *args)
         except bulk.NotSQL:
-            return []
+            self.private_sql = False
         except Exception as e:
-            warnings.warn(f"tracking store {self.uri!r}: bulk insert through MLflow's SQL models failed "
+            self.private_sql = False
+            warnings.warn(f"tracking store {self.uri!r}: {what} through MLflow's SQL models failed "
                           f"({type(e).__name__}: {e}); using the public API", RuntimeWarning, stacklevel=3)
-            return []
-        for run_id, s in zip(ids, specs):
-            self.runs.add(RunState(run_id, s.name, "FINISHED", params=dict(s.params), latest=dict(s.metrics),
-                                   stored_keys=set(s.metrics), tags=dict(s.tags)))
-        return ids
+        return None
 
     def find(self, role: str, *, parent_id: str | None = None, tags: dict | None = None,
              identity: dict | None = None) -> str | None:
@@ -175,11 +186,7 @@ class Recorder:
     def log_dataset(self, run_id: str, name: str, digest: str, source: dict, profile: dict,
                     context: str = "train") -> None:
         """The run's task as an MLflow dataset input (the UI's Dataset column); logging it again is a no-op."""
-        import json
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-        ds = Dataset(name=name, digest=digest, source_type="code", source=json.dumps(source, sort_keys=True),
-                     profile=json.dumps(profile, sort_keys=True))
-        self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+        self.client.log_inputs(run_id, [_dataset_input(name, digest, source, profile, context)])
 
     def log_table(self, run_id: str, data: dict, name: str) -> None:
         """`data` (columns) as an MLflow table artifact `name` (mlflow.load_table reads it back)."""
@@ -193,11 +200,16 @@ class Recorder:
         """Write everything buffered."""
         self._write()
 
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        """Write the run's buffer, then end it with `status` (FINISHED | FAILED | KILLED)."""
-        self._write(run_ids=[run_id])
-        self.client.set_terminated(run_id, status)
-        self.runs.state(run_id).status = status
+    def finish(self, run_id: str | list[str], status: str = "FINISHED") -> None:
+        """Write the buffers of one run or several, then end them with `status` (FINISHED | FAILED |
+        KILLED); several: in one transaction on a SQL store."""
+        ids = [run_id] if isinstance(run_id, str) else list(run_id)
+        self._write(run_ids=ids)
+        if len(ids) == 1 or self._bulk("ending runs", bulk.end_runs, ids, status) is None:
+            for rid in ids:
+                self.client.set_terminated(rid, status)
+        for rid in ids:
+            self.runs.state(rid).status = status
 
     def close(self) -> None:
         """Write what is buffered."""
@@ -215,6 +227,13 @@ class Recorder:
             if st is not None:
                 st.stored_keys.update(m.key for m in metrics)
                 st.tags.update(tags)
+
+
+def _dataset_input(name: str, digest: str, source: dict, profile: dict, context: str = "train"):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    ds = Dataset(name=name, digest=digest, source_type="code", source=json.dumps(source, sort_keys=True),
+                 profile=json.dumps(profile, sort_keys=True))
+    return DatasetInput(ds, [InputTag("mlflow.data.context", context)])
 
 
 def _write_quietly(pending: Pending) -> None:
