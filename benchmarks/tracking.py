@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     paired = sorted(100.0 * (on[0] - off[0]) / off[0] for off, on in zip(runs[False], runs[True]))
     median = statistics.median(paired)
     print(f"study {args.study} --preset {args.preset}, the command from launch to exit; {args.repeat} pairs")
-    print(f"{'tracking':<10}{'wall s':>9}{'CPU s':>9}   wall of each run (best first: wall, CPU)")
+    print(f"{'tracking':<10}{'wall s':>9}{'CPU s':>9}   wall of each run, in order")
     for k in (False, True):
         print(f"{'on' if k else 'off':<10}{best[k][0]:>9.2f}{best[k][2]:>9.2f}   "
               + " ".join(f"{w:.2f}" for w, *_ in runs[k]))

@@ -111,7 +111,10 @@ def _insert_inputs(session, experiment_id: int, runs: list[tuple[str, list[Datas
                                  digest=ds.digest, dataset_source_type=ds.source_type, dataset_source=ds.source,
                                  dataset_schema=ds.schema, dataset_profile=ds.profile))
     for run_id, inputs in runs:
-        for key, d in {(d.dataset.name, d.dataset.digest): d for d in reversed(inputs)}.items():  # first wins
+        firsts: dict[tuple[str, str], DatasetInput] = {}
+        for d in inputs:   # a dataset listed twice: the first one counts, as in log_inputs
+            firsts.setdefault((d.dataset.name, d.dataset.digest), d)
+        for key, d in firsts.items():
             edge = uuid.uuid4().hex
             edges.append(dict(input_uuid=edge, source_type="DATASET", source_id=uuids[key], destination_type="RUN",
                               destination_id=run_id, step=0))
@@ -154,13 +157,13 @@ def log_metrics(client, points: dict[str, list[Metric]]) -> None:
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
     from sqlalchemy import delete, insert, select
     rows = [_metric_row(run_id, m.key, m.step, m.value, m.timestamp) for run_id, ms in points.items() for m in ms]
+    if not rows:
+        return
     latest: dict[tuple[str, str], dict] = {}
     for row in rows:
         old = latest.get((row["run_uuid"], row["key"]))
         if old is None or _order(row) > _order(old):
             latest[row["run_uuid"], row["key"]] = row
-    if not rows:
-        return
     lm = SqlLatestMetric.__table__
     with store.ManagedSessionMaker(read_only=False) as session:
         session.execute(insert(SqlMetric.__table__), rows)
