@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analyses.cells import num
+from analyses.cells import left_out, num
 
 
 def allocation_swing(cells: pd.DataFrame) -> dict:
@@ -17,4 +17,4 @@ def allocation_swing(cells: pd.DataFrame) -> dict:
             "swing": num(c["t_grok"].max() / c["t_grok"].min()),
             "gamma": [num(x) for x in c["gamma"]], "t_grok": [num(x) for x in c["t_grok"]],
             "L": [num(x) for x in c["L"]],
-            "excluded": [a for a in cells["arm"] if a not in set(c["arm"])]}
+            "excluded": [a for a in cells["arm"] if a not in set(c["arm"])], "left_out": left_out(cells, c)}

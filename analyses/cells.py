@@ -4,7 +4,8 @@ Conventions, pinned by reproducing the paper's published p = 59 figures from its
 statistics themselves are tracking.conventions' (the engine derives its levers with the same ones):
 - A cell is one arm: the members sharing `parent_run_id` (the arm run), or the `arm` name when absent.
 - A seed has grokked when `grokked == 1` and `t_grok` is finite (diverged members never count).
-- A cell counts ("majority") when more than half of its seeds grok.
+- A cell counts ("majority") when more than half of its seeds grok, and every member run is complete in
+  the store (FINISHED, with its summaries); `why_left_out` says which of the two a cell lacks.
 - Medians are over the grokked seeds (mean of the two middle values for an even count).
 - "L at grok" (conventions.l_at_grok): the arm's seed-mean `logit/scale` curve at the logged step
   nearest the cell's median t_grok (a tie goes to the earlier step); never interpolated in time.
@@ -51,6 +52,9 @@ def prepare_members(members: pd.DataFrame) -> pd.DataFrame:
     else:
         m["cell"] = m["study"] + "/" + m["arm"]
     m["ok"] = (m["grokked"].fillna(0) == 1) & np.isfinite(m["t_grok"]) & (m["diverged"].fillna(0) != 1)
+    m["status"] = m["status"].astype(str) if "status" in m else "FINISHED"
+    # every member run of a finished study has `grokked` (0 or 1)
+    m["summarized"] = members["grokked"].notna().to_numpy() if "grokked" in members else True
     m["fork_delay"] = m["t_grok"] - m["fork_step"]
     return m
 
@@ -82,7 +86,9 @@ def summarize(members: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.D
         t_grok = float(np.median(ok["t_grok"])) if len(ok) else np.nan
         row = {"cell": cell, **{c: first[c] for c in TEXT}, **{c: first[c] for c in
                ["p", "rho", "tau", "gamma", "fork_step", "t_int", "w_c", "weight_decay"]}}
-        row.update(n_seeds=len(g), n_grokked=len(ok), majority=majority(len(ok), len(g)), t_grok=t_grok,
+        incomplete = _incomplete(g)
+        row.update(n_seeds=len(g), n_grokked=len(ok), majority=majority(len(ok), len(g)) and not incomplete,
+                   incomplete=incomplete, t_grok=t_grok,
                    t_mem=float(np.nanmedian(g["t_mem"])) if g["t_mem"].notna().any() else np.nan,
                    delay=_median(ok["t_grok"] - ok["t_mem"]), fork_delay=_median(ok["fork_delay"]))
         w = _median(ok["weight_norm_at_grok"])
@@ -101,6 +107,34 @@ def summarize(members: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.D
     cells["logit_matched"] = cells["role"] == "logit_matched"
     cells["group"] = [group_label(r) for _, r in cells.iterrows()]
     return cells
+
+
+def _incomplete(g: pd.DataFrame) -> str:
+    """'' when every member run of the cell is FINISHED with its summaries; else what is missing."""
+    unfinished = g[g["status"] != "FINISHED"]
+    bare = int((~g["summarized"]).sum())
+    if not len(unfinished) and not bare:
+        return ""
+    parts = []
+    if len(unfinished):
+        states = ", ".join(f"{n} {s}" for s, n in unfinished["status"].value_counts().items())
+        parts.append(f"{len(unfinished)} of {len(g)} member runs not FINISHED ({states})")
+    if bare:
+        parts.append(f"{bare} of {len(g)} without summaries (t_grok, grokked)")
+    return " and ".join(parts) + ": its study has not completed in the store (rerun the study's command)"
+
+
+def why_left_out(row) -> str:
+    """Why a cell cannot count in a design: incomplete member runs, or no grokking majority."""
+    if row["incomplete"]:
+        return row["incomplete"]
+    return f"no grokking majority ({int(row['n_grokked'])}/{int(row['n_seeds'])} seeds grokked)"
+
+
+def left_out(cells: pd.DataFrame, kept: pd.DataFrame, reason=None) -> list[dict]:
+    """[{arm, reason}] of the cells not in `kept`; reason(row) or why_left_out."""
+    return [{"arm": r["arm"], "reason": (reason or why_left_out)(r)} for _, r in cells.iterrows()
+            if r["cell"] not in set(kept["cell"])]
 
 
 def _nan(x: float | None) -> float:

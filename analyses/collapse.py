@@ -1,7 +1,8 @@
 """Collapse regression: does the logit scale alone carry the delay across a rho x tau grid?
 
 OLS (statsmodels, with intercept) of ln(median t_grok) over the grid's cells on L at grok, on rho, and on
-both; R^2 of each and the increment of rho beyond L (R^2 both - R^2 L). Majority-grok cells only. The
+both; R^2 of each and the increment of rho beyond L (R^2 both - R^2 L). Majority-grok cells only; the
+others are listed with the reason (`left_out`). The
 paper's p = 59 grid gives 0.968 / 0.407 / 0.988 / 0.020.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 
-from analyses.cells import num
+from analyses.cells import left_out, num, why_left_out
 
 
 def ols(y: np.ndarray, X: np.ndarray):
@@ -29,4 +30,5 @@ def collapse_fit(cells: pd.DataFrame) -> dict:
             "r2_both": float(fit_both.rsquared), "delta_r2_rho": float(fit_both.rsquared - fit_L.rsquared),
             "slope_logit": float(fit_L.params[1]), "intercept_logit": float(fit_L.params[0]),
             "cells": [{"arm": r.arm, "rho": num(r.rho), "tau": num(r.tau), "L": num(r.L), "t_grok": num(r.t_grok)}
-                      for r in c.itertuples()]}
+                      for r in c.itertuples()],
+            "left_out": left_out(cells, c, lambda r: why_left_out(r) if not r["majority"] else "no L at grok")}

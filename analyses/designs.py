@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analyses.cells import FORK_ROLES
+from analyses.cells import FORK_ROLES, left_out, why_left_out
 
 ANALYSES = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation",
             "precision"]
@@ -79,20 +79,18 @@ def recovery_sets(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
 def _add(specs, notes, label, base, up, sweep, matched, time):
     for name, row in (("baseline", base), ("norm-up", up)):
         if not row["majority"]:
-            notes.append(f"recovery ({label}): {name} arm {row['arm']} has no grokking majority "
-                         f"({row['n_grokked']}/{row['n_seeds']} seeds grokked)")
+            notes.append(f"recovery ({label}): {name} arm {row['arm']} cannot count: {why_left_out(row)}")
             return
-    dropped = sweep[~sweep["majority"]]
-    for r in dropped.itertuples():
-        notes.append(f"recovery ({label}): sweep arm {r.arm} left out, no grokking majority "
-                     f"({r.n_grokked}/{r.n_seeds})")
+    for r in left_out(sweep, sweep[sweep["majority"]]):
+        notes.append(f"recovery ({label}): sweep arm {r['arm']} left out: {r['reason']}")
     sweep = sweep[sweep["majority"]]
     if len(sweep) < 2:
         notes.append(f"recovery ({label}): fewer than 2 sweep arms with a grokking majority")
         return
     m = matched[matched["majority"]]
     if len(matched) and not len(m):
-        notes.append(f"recovery ({label}): logit-matched arm {matched.iloc[0]['arm']} has no grokking majority")
+        notes.append(f"recovery ({label}): logit-matched arm {matched.iloc[0]['arm']} left out: "
+                     f"{why_left_out(matched.iloc[0])}")
     specs.append({"group": label, "base": base["cell"], "up": up["cell"], "sweep": list(sweep["cell"]),
                   "matched": m.iloc[0]["cell"] if len(m) else None, "time": time})
 
@@ -113,8 +111,9 @@ def _collapse(label, g):
         return None, []
     ok = plain[plain["majority"]]
     if len(ok) < 4:
-        return None, [f"collapse ({label}): only {len(ok)} grid cells with a grokking majority (needs >= 4)"]
-    return {"group": label, "cells": list(ok["cell"])}, []
+        return None, [f"collapse ({label}): only {len(ok)} grid cells with a grokking majority (needs >= 4); left out: "
+                      + "; ".join(f"{r['arm']}: {r['reason']}" for r in left_out(plain, ok))]
+    return {"group": label, "cells": list(plain["cell"])}, []   # collapse_fit names the ones it leaves out
 
 
 def _dose(label, g):
@@ -133,7 +132,8 @@ def _allocation(label, g):
     if not len(alloc):
         return None, []
     if alloc.loc[alloc["majority"], "gamma"].nunique() < 2:
-        return None, [f"allocation ({label}): fewer than 2 gamma values with a grokking majority"]
+        return None, [f"allocation ({label}): fewer than 2 gamma values with a grokking majority; left out: "
+                      + "; ".join(f"{r['arm']}: {r['reason']}" for r in left_out(alloc, alloc[alloc["majority"]]))]
     return {"group": label, "cells": list(alloc["cell"])}, []
 
 
@@ -147,8 +147,7 @@ def _fork(label, g):
     pair = [f.loc[f["cell"] == arms[r]].iloc[0] for r in ("clamp_same", "clamp_raised")]
     weak = [r for r in pair if not r["majority"]]
     if weak:
-        return None, [f"fork ({label}): " + "; ".join(
-            f"{r['arm']} has no grokking majority ({r['n_grokked']}/{r['n_seeds']} seeds grokked)" for r in weak)]
+        return None, [f"fork ({label}): " + "; ".join(f"{r['arm']} cannot count: {why_left_out(r)}" for r in weak)]
     return {"group": label, "arms": arms}, []
 
 

@@ -16,26 +16,32 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from analyses.cells import num
+from analyses.cells import num, why_left_out
 from analyses.collapse import ols
 
 RHO_MAX = 1.15
 L_JUMP = 2.5
 
 
-def dose_cells(cells: pd.DataFrame) -> pd.DataFrame:
-    """The collapse-free, majority-grok cells of one dose series (rho <= 1.15, stop at the first L jump)."""
-    keep, prev_L = [], None
+def dose_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """(the collapse-free, majority-grok cells of one dose series, [{arm, reason}] of the others): rho <= 1.15,
+    stop at the first L jump."""
+    keep, out, prev_L, stop = [], [], None, None
     for _, row in cells.sort_values("rho").iterrows():
-        if row["rho"] > RHO_MAX + 1e-9:
-            break
-        if prev_L is not None and np.isfinite(row["L"]) and row["L"] > L_JUMP * prev_L:
-            break
+        if stop is None and row["rho"] > RHO_MAX + 1e-9:
+            stop = f"beyond rho {RHO_MAX}"
+        if stop is None and prev_L is not None and np.isfinite(row["L"]) and row["L"] > L_JUMP * prev_L:
+            stop = f"at or past the softmax-collapse jump (L {row['L']:.3g} > {L_JUMP} x {prev_L:.3g} at rho {row['rho']:g})"
+        if stop is not None:
+            out.append({"arm": row["arm"], "reason": stop})
+            continue
         if np.isfinite(row["L"]):
             prev_L = row["L"]
         if row["majority"] and np.isfinite(row["W"]) and np.isfinite(row["t_grok"]):
             keep.append(row)
-    return pd.DataFrame(keep)
+        else:
+            out.append({"arm": row["arm"], "reason": why_left_out(row) if not row["majority"] else "no norm or t_grok"})
+    return pd.DataFrame(keep), out
 
 
 def aic(rss: float, n: int, k: int) -> float:
@@ -79,13 +85,15 @@ def fit_dose(W: np.ndarray, T: np.ndarray) -> dict:
 
 def dose_law(cells: pd.DataFrame) -> dict:
     """Dose law on one dose series (clamp cells of one p, tau 1); DESIGN.md's dose_law fields and more."""
-    kept = dose_cells(cells)
+    kept, out_cells = dose_cells(cells)
     first = cells.iloc[0]
     out = {"p": num(first["p"]), "loss": first["loss"], "model": first["model"]}
     if len(kept) < 4:
-        raise ValueError(f"only {len(kept)} collapse-free majority-grok cells (the power law needs >= 4)")
+        raise ValueError(f"only {len(kept)} collapse-free majority-grok cells (the power law needs >= 4); left out: "
+                         + "; ".join(f"{r['arm']}: {r['reason']}" for r in out_cells))
     out.update(fit_dose(kept["W"].to_numpy(float), kept["t_grok"].to_numpy(float)))
     out["cells"] = [{"arm": r.arm, "rho": num(r.rho), "W": num(r.W), "L": num(r.L), "t_grok": num(r.t_grok)}
                     for r in kept.itertuples()]
-    out["excluded"] = [r.arm for r in cells.itertuples() if r.arm not in set(kept["arm"])]
+    out["excluded"] = [r["arm"] for r in out_cells]
+    out["left_out"] = out_cells
     return out

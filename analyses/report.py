@@ -76,6 +76,7 @@ def analyse(members: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict[str, list[
         row["group"] = label
         if row.get("note"):
             notes.append(f"{design} ({label}): {row['note']}")
+        notes.extend(f"{design} ({label}): left out {r['arm']}: {r['reason']}" for r in row.get("left_out", ()))
         results.setdefault(design, []).append(row)
 
     if "recovery" in allowed:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tracking import faults
+
 from . import snapshot
 from .checkpoints import member_checkpoint
 from .cohort import Cohort, CohortConfig, MemberConfig, MemberState
@@ -57,7 +59,8 @@ Emit = Callable[[tuple], None]
 def train(job: CohortJob, emit: Emit) -> dict:
     """Run the job; returns {"step", "results": Cohort.results(), "curves": {key: curves},
     "checkpoints": {key: {"grok" | "final": checkpoints.member_checkpoint(...)}} (what job.save asks)}."""
-    if job.checkpoint_file.is_file():
+    resumed = job.checkpoint_file.is_file()
+    if resumed:
         snap = snapshot.load(job.checkpoint_file)
         c = Cohort.from_state(snap["cohort"])
         emit(("resumed", c.step))
@@ -79,8 +82,13 @@ def train(job: CohortJob, emit: Emit) -> dict:
         emit(("progress", c.step, len(c.members), len(c.records),
               sum(r.t_grok is not None for r in c.records.values())))
 
+    def checkpoint(c: Cohort) -> None:
+        emit(("checkpoint", c.state_dict()))
+        if not resumed:
+            faults.hit("cohort.checkpoint", job.id)   # a failpoint (tracking.faults): tests stall or kill a job here
+
     kw = dict(on_log=lambda c, step, rows: emit(("log", step, rows)), checkpoint_every=job.checkpoint_every,
-              on_checkpoint=lambda c: emit(("checkpoint", c.state_dict())))
+              on_checkpoint=checkpoint)
     while pending:
         exact = [p.at for p in pending if p.exact]
 

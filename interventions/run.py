@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
 from .graph import build_graph
 from .spec import SpecError, load_study
 from .suite import find_suite, load_suite, run_suite
@@ -26,6 +27,7 @@ EXIT_BAD_INPUT = 2
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m interventions.run",
                                  description="Run an intervention-graph study and track it in MLflow.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__} (grokking-interventions)")
     ap.add_argument("study", help="bundled study name (fork_study, mediation, ...), a suite (paper) or a YAML path")
     ap.add_argument("--preset", help="named preset of the study file (default: 'default' if it has one)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

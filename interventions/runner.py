@@ -34,10 +34,15 @@ from .views import describe
 from .jobs import CohortJob, LocalExecutor
 from .levers import Lever
 from .persist import ResumeError, Worker, load_state, snapshot_dir, write_text
-from .summary import arm_summary, arm_table
+from .summary import arm_summary, arm_table, member_summary
+from .vocab import MemberKey
 from .tracker import NullRecorder, Tracker, TrackerProcess, provenance
 
 __all__ = ["ResumeError", "Runner", "run_study", "snapshot_dir"]
+
+
+class StoreIncomplete(RuntimeError):
+    """The store lacks runs, statuses, summaries or curve points that the study reports."""
 
 
 class Runner:
@@ -50,6 +55,7 @@ class Runner:
         self.study = graph.study
         self.digest = self.study.digest()
         self.state = load_state(self.dir, self.digest, self.study.study, self.study.source)
+        self.done_before = {n for n, a in self.state["arms"].items() if a["status"] == "done"}   # by earlier runs
         self.tracker = None                       # used on the worker thread only
         self.worker: Worker | None = None
 
@@ -78,7 +84,7 @@ class Runner:
     # ------------------------------------------------------------ main loop
     def run(self) -> dict[str, dict]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = self.make_tracker()       # on the main thread (a child process dies with it)
+        self.tracker = self.tracker or self.make_tracker()   # on the main thread (a child dies with it)
         self.worker = Worker()
         st = self.study
         kernels = sorted({native.resolve(plan.cohort_config(self.g, a, self.device))[0] for a in self.g.order})
@@ -95,8 +101,10 @@ class Runner:
                 break
             self._run_wave(waves[0])
         arms = self.state["arms"]
+        self.worker.put(self._repair)
         self.worker.put(self.tracker.finish_study, arm_table(self.g.order, arms),
                         sum(a["status"] == "done" for a in arms.values()))
+        self.worker.put(self._verify, self._expected(self.g.order, study=True))
         self.state["finished"] = True
         self._persist()
         self.worker.put(shutil.rmtree, self.dir / "cohorts", True)   # stale after an ill-timed kill
@@ -122,13 +130,8 @@ class Runner:
                               self.dir, self.device)
         for name in runnable:
             prm = self.params(name)
-            desc = describe(self.g, name, prm["fork_step"])
-            if "tau" in self.g.arms[name].derived:
-                desc += f"; tau {prm['tau']:.4g} = {prm['tau_source']}"
-            seeds = list(self.g.arms[name].seeds)
-            datasets = {None: plan.dataset(self.g, name, seeds),
-                        **{s: plan.dataset(self.g, name, [s]) for s in seeds}}
-            self.worker.put(self.tracker.open_arm, name, prm, desc, seeds, datasets)
+            self.worker.put(self.tracker.open_arm, name, prm, self._description(name, prm),
+                            list(self.g.arms[name].seeds), self._datasets(name))
         return job, runnable, self._bar(runnable, job)
 
     def _finish_group(self, job: CohortJob, runnable: list[str], bar, result: dict) -> None:
@@ -148,6 +151,49 @@ class Runner:
                                         "results": json.loads(json.dumps(plain, default=float))}
         self._persist()                                   # after the arm runs are finished ...
         self.worker.put(job.checkpoint_file.unlink, True)  # ... and before the snapshot goes
+
+    # ------------------------------------------------------------ the store against state.json
+    def _expected(self, names: list[str], study: bool = False) -> list[dict]:
+        """What the store must hold of the finished arms `names` (and the study run): tracking.audit's form."""
+        out = []
+        for name in names:
+            arm = self.state["arms"].get(name, {})
+            if arm.get("status") != "done":
+                continue
+            out.append({"role": "arm", "arm": name, "seed": None, "metrics": arm["summary"]})
+            for r in arm["results"]:
+                out.append({"role": "member", "arm": name, "seed": r["seed"],
+                            "metrics": member_summary(r),
+                            "last_step": None if r["diverged"] else r["final_step"]})
+        if study:
+            done = sum(a["status"] == "done" for a in self.state["arms"].values())
+            out.append({"role": "study", "arm": None, "seed": None, "metrics": {"n_arms_done": done}})
+        return out
+
+    def _repair(self) -> None:
+        """On the worker thread: arms that earlier runs finished but the store lacks (a write lost, a run
+        deleted) are written again from state.json, each said in one line."""
+        names = [n for n in self.g.order if n in self.done_before]
+        lacks = self.tracker.check(self._expected(names)) if names else []
+        for name in names:
+            what = [line for arm, line in lacks if arm == name]
+            if not what:
+                continue
+            self.log(f"repairing arm {name} in the store ({len(what)} runs; {what[0]}"
+                     + (f"; {len(what) - 1} more" if len(what) > 1 else "") + ")")
+            arm = self.state["arms"][name]
+            results = [{**r, "key": MemberKey(name, r["seed"])} for r in arm["results"]]
+            self.tracker.repair_arm(name, arm["params"], self._description(name, arm["params"]),
+                                    list(self.g.arms[name].seeds), self._datasets(name), results, arm["summary"],
+                                    self.study.resolved_yaml())
+
+    def _verify(self, expected: list[dict]) -> None:
+        """On the worker thread: StoreIncomplete unless the store holds everything the study reports."""
+        what = [line for _, line in self.tracker.check(expected)]
+        if what:
+            raise StoreIncomplete(f"the store lacks what the study reported for {len(what)} runs ({what[0]}"
+                                  + (f"; {len(what) - 1} more" if len(what) > 1 else "")
+                                  + "); run the same command again to complete it")
 
     def _log_checkpoints(self, ckpts: dict, fork_file: Path | None) -> None:
         """On the worker thread: each member's checkpoint files (checkpoints.write) logged to its run."""
@@ -218,6 +264,16 @@ class Runner:
         self._persist()
         return False
 
+    def _description(self, name: str, prm: dict) -> str:
+        desc = describe(self.g, name, prm["fork_step"])
+        if "tau" in self.g.arms[name].derived:
+            desc += f"; tau {prm['tau']:.4g} = {prm['tau_source']}"
+        return desc
+
+    def _datasets(self, name: str) -> dict:
+        seeds = list(self.g.arms[name].seeds)
+        return {None: plan.dataset(self.g, name, seeds), **{s: plan.dataset(self.g, name, [s]) for s in seeds}}
+
     def _bar(self, runnable: list[str], job: CohortJob):
         f = self.g.arms[runnable[0]].fork
         start = self.state["forks"][f.name] if f else 0
@@ -225,18 +281,26 @@ class Runner:
         return tqdm(total=max(m.budget for m in job.members), initial=start, desc=desc, unit="step",
                     disable=not self.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
+    def store_lacks(self) -> list[str]:
+        """A finished study: what the store lacks of what state.json reports (tracking.audit), one line a run."""
+        self.tracker = self.tracker or self.make_tracker()
+        return [line for _, line in self.tracker.check(self._expected(self.g.order, study=True))]
+
     def close(self) -> None:
-        self.worker.close()
-        self.tracker.close()
+        if self.worker is not None:
+            self.worker.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
     def abort(self, status: str = "KILLED") -> None:
         """After an exception on the training thread: let queued writes land, close the open runs."""
-        if self.worker is None:
-            return
         try:
-            self.worker.wait()
+            if self.worker is not None:
+                self.worker.wait()
         except BaseException:
             pass
+        if self.tracker is None:
+            return
         try:
             self.tracker.abort(status)
             self.tracker.close()
@@ -257,10 +321,20 @@ def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", f
     runner = Runner(graph, folder, make_tracker=make, device=device, progress=progress, log=log,
                     executor=executor)
     if runner.finished:
-        log(f"study {graph.study.study} already finished in experiment {experiment!r} (state in {folder}); "
-            "not retraining (--fresh starts over)")
-        log(arm_table(graph.order, runner.state["arms"]))
-        return runner.state["arms"]
+        try:
+            lacks = runner.store_lacks()
+        except BaseException:
+            runner.abort("KILLED")
+            raise
+        if not lacks:
+            runner.close()
+            log(f"study {graph.study.study} already finished in experiment {experiment!r} (state in {folder}); "
+                "not retraining (--fresh starts over)")
+            log(arm_table(graph.order, runner.state["arms"]))
+            return runner.state["arms"]
+        log(f"study {graph.study.study} finished (state in {folder}), but the store lacks {len(lacks)} of its "
+            f"runs' records ({lacks[0]}); completing the store from state.json")
+        runner.state["finished"] = False
     t0 = time.perf_counter()
     try:
         arms = runner.run()

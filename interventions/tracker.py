@@ -19,6 +19,8 @@ import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from tracking.faults import hit
+
 from .summary import dense_curves_csv, dense_curves_table, member_summary, seed_mean_curves
 from .vocab import MemberKey
 
@@ -147,6 +149,25 @@ class Tracker:
         self.rec.log_summary(self.study_run, {"n_arms_done": n_done})
         self.rec.finish(self.study_run)
 
+    def repair_arm(self, name: str, params: dict, description: str, seeds: list[int], datasets: dict,
+                   results: list[dict], summary: dict, yaml_text: str) -> None:
+        """Write a finished arm again from what state.json kept (its params, member results and summary), its
+        curves read back from the member runs: runs missing from the store are made, the others reopened,
+        then everything is logged and ended as finish_arm does (what is stored already is not written twice)."""
+        self.open_arm(name, params, description, seeds, datasets)
+        ids = {r["key"]: self.member_runs[r["key"]] for r in results}
+        skip = {k for r in results for k in member_summary(r)}
+        stored = self.rec.curves(list(ids.values()), skip)
+        self.finish_arm(name, results, {key: stored[rid] for key, rid in ids.items()}, summary, yaml_text)
+
+    def check(self, expected: list[dict]) -> list[tuple[str | None, str]]:
+        """What the store lacks of `expected` (tracking.audit), read back after writing every buffer."""
+        if isinstance(self.rec, NullRecorder):
+            return []
+        from tracking.audit import missing
+        self.rec.flush()
+        return missing(self.rec.client, self.rec.experiment_id, self.study, expected)
+
     def sync(self) -> None:
         self.rec.flush()
 
@@ -170,7 +191,7 @@ class TrackerProcess:
     Start it from the main thread: the child's parent-death signal follows the thread that started it."""
 
     METHODS = ("open_study", "open_arm", "log_rows", "log_member_file", "log_study_file", "finish_arm",
-               "finish_study", "abort")
+               "repair_arm", "finish_study", "abort")
 
     def __init__(self, uri: str, experiment: str, study: str):
         global _spare
@@ -188,18 +209,29 @@ class TrackerProcess:
 
     def sync(self) -> None:
         """Wait until the child has written everything sent so far; raise what it failed with."""
+        self._ask("sync")
+
+    def check(self, expected: list[dict]) -> list[tuple[str | None, str]]:
+        """Tracker.check in the child, after everything sent so far."""
+        return self._ask("check", expected)
+
+    def _ask(self, method: str, *args):
         try:
-            self.conn.send(("sync", ()))
-            error = self.conn.recv()
+            self.conn.send((method, args))
+            error, value = self.conn.recv()
         except (EOFError, OSError):
-            raise RuntimeError(f"the tracking process died (exit status {self.proc.poll()})") from None
+            self.proc.wait()
+            raise RuntimeError(f"the tracking process died (exit status {self.proc.returncode}) before the store "
+                               "held everything; run the same command again to complete it") from None
         if error:
-            raise RuntimeError(error)
+            raise RuntimeError(f"{error}; the store is incomplete: run the same command again to complete it "
+                               "(after fixing the cause)")
+        return value
 
     def close(self) -> None:
         try:
             self.conn.send(("close", ()))
-            error = self.conn.recv()
+            error, _ = self.conn.recv()
         except (EOFError, OSError):
             error = None
         self.conn.close()
@@ -261,7 +293,11 @@ def _serve(conn, uri: str) -> bool:
             method, args = conn.recv()
         except (EOFError, OSError):    # the parent is gone
             return False
+        value = None
         try:
+            # a failpoint (tracking.faults): tests lose, fail, stall or end the process at any call
+            if hit(f"tracker.{method}") and method in TrackerProcess.METHODS:
+                continue
             if method == "open":
                 uri = args[0]
                 tracker = Tracker(Recorder(uri, args[1]), args[2])
@@ -271,13 +307,16 @@ def _serve(conn, uri: str) -> bool:
                 if tracker is not None:
                     tracker.close()
             elif error is None:
-                getattr(tracker, method)(*args)
-        except BaseException as e:     # reported at the next sync; later calls are skipped
+                value = getattr(tracker, method)(*args)
+        except BaseException as e:     # reported at the next answer; later calls are skipped
             error = error or f"tracking store {uri!r}: {type(e).__name__}: {e}"
-        if method in ("sync", "close"):
-            conn.send(error)
+        if method in ANSWERED:
+            conn.send((error, value))
         if method == "close":
             return True
+
+
+ANSWERED = ("sync", "check", "close")   # calls the parent waits for: (error or None, value)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,42 @@
-"""Shared fixtures: the paper's published metrics and throwaway MLflow stores."""
+"""Shared fixtures: the paper's published metrics, throwaway MLflow stores, and the smoke fork study run
+uninterrupted through the CLI (the reference that interrupted runs must end identical to)."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+CLI_ENV.pop("GROKKING_FAULTS", None)
+SMOKE = ["fork_study", "--preset", "smoke", "--no-progress"]
+
+
+def smoke_command(db: Path, *extra: str) -> list[str]:
+    """`python -m interventions.run fork_study --preset smoke` into the SQLite store `db`."""
+    return [sys.executable, "-m", "interventions.run", *SMOKE, "--tracking-uri", f"sqlite:///{db}", *extra]
+
+
+def run_smoke(db: Path, *extra: str, faults: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """The smoke fork study into `db` (its folder is the working directory); `faults`: GROKKING_FAULTS
+    (tracking.faults); check: exit 0 expected."""
+    env = {**CLI_ENV, **({"GROKKING_FAULTS": faults} if faults else {})}
+    db.parent.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(smoke_command(db, *extra), env=env, cwd=db.parent, capture_output=True, text=True,
+                         timeout=300)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_db(tmp_path_factory) -> Path:
+    """An uninterrupted smoke run of fork_study through the CLI; its mlflow.db."""
+    db = tmp_path_factory.mktemp("smoke_reference") / "mlflow.db"
+    out = run_smoke(db).stdout
+    assert "logit_matched" in out and "grokked" in out
+    return db
 
 
 @pytest.fixture(scope="session")

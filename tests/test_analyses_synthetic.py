@@ -77,6 +77,32 @@ def test_collapse_increment_of_rho_vanishes_when_delay_depends_on_L_alone():
     assert abs(r["delta_r2_rho"]) < 1e-9 and r["r2_rho"] < 0.9
 
 
+def test_every_cell_a_design_leaves_out_is_named_with_its_reason():
+    """A grid whose last two cells are still RUNNING without summaries (a study that has not completed in
+    the store) and one cell without a grokking majority: the fit runs on the rest and names all three."""
+    cells = []
+    for rho in (1.0, 1.05, 1.1, 1.15):
+        for tau in (1.0, 1.3, 1.7):
+            L = 20 * rho ** 3 / tau
+            grok = [False] * 4 + [True] * 2 if (rho, tau) == (1.0, 1.7) else None
+            members, curves = cell(f"g{rho}_{tau}", np.exp(5 + 0.1 * L), L, rho=rho, tau=tau, jitter=np.zeros(SEEDS),
+                                   grok=grok, design="collapse")
+            members["status"] = "FINISHED"
+            if rho == 1.15 and tau > 1:
+                members["status"] = "RUNNING"
+                members[["t_grok", "grokked", "delay"]] = np.nan
+            cells.append((members, curves))
+    m, c = frames(*cells)
+    results, notes = report.analyse(m, c)
+    (r,) = results["collapse"]
+    assert r["n_cells"] == 9
+    why = {x["arm"]: x["reason"] for x in r["left_out"]}
+    assert set(why) == {"g1.0_1.7", "g1.15_1.3", "g1.15_1.7"}
+    assert why["g1.0_1.7"] == "no grokking majority (2/6 seeds grokked)"
+    assert why["g1.15_1.3"].startswith("6 of 6 member runs not FINISHED (6 RUNNING) and 6 of 6 without summaries")
+    assert sum("collapse (p=23 ce mlp float32): left out g1.15_1.7: 6 of 6 member runs" in n for n in notes) == 1
+
+
 def test_fork_ratio_ordering_and_ci_are_known():
     same = np.array([1000, 1100, 1200, 1300, 1400, 1500.0])
     lowered, free = same * 0.4, same * 0.7
@@ -206,7 +232,7 @@ def test_partial_design_reports_what_it_can_and_says_what_is_missing(tracking_ur
     assert rec["estimate"] is None and rec["realized_estimate"] == pytest.approx(0.75)
     assert fork["ordered_seeds"] is None and fork["missing_arms"] == ["clamp_lowered"]
     md = (tmp_path / "report.md").read_text()
-    assert "clamp_raised_tau1.7 left out, no grokking majority (2/6)" in md
+    assert "clamp_raised_tau1.7 left out: no grokking majority (2/6 seeds grokked)" in md
     assert "T2 not interpolated" in md and "needs clamp_lowered" in md
     assert "ordering needs the clamp_lowered arm" in md.split("## Not computed")[1]
 

@@ -56,39 +56,37 @@ descendants = netns.descendants
 
 
 def test_ray_on_the_server_with_a_killed_worker_equals_local_on_sqlite(reference, server, tmp_path):
-    """The smoke fork study on a local Ray instance, logging to the server; the Ray worker training its
-    largest cohort is SIGKILLed after that cohort's first checkpoint: Ray retries the task, it resumes from
-    the checkpoint, and every run ends FINISHED with the local executor's params and every curve point (no
-    duplicate point, nothing left RUNNING). Meanwhile a second study, started at the same moment against
-    the same server into its own experiment, completes too."""
+    """The smoke fork study on a local Ray instance, logging to the server. The cohort task `free+...` is
+    held by a failpoint just after its first checkpoint (tracking.faults: cohort.checkpoint), so it is
+    certainly alive and mid-cohort when the test SIGKILLs its worker, named by the driver for that task, once
+    the checkpoint is on disk. Ray retries the task, the retry resumes from exactly that checkpoint, and
+    every run ends FINISHED with the local executor's params and every curve point (no duplicate point,
+    nothing left RUNNING). Meanwhile a second study, started at the same moment against the same server
+    into its own experiment, completes too."""
+    import torch
     other = subprocess.Popen([sys.executable, "-m", "interventions.run", "mediation", "--preset", "smoke",
                               "--no-progress", "--tracking-uri", server.uri, "--snapshot-dir", str(tmp_path / "other")],
                              cwd=tmp_path, env=netns.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
-    env = {**netns.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**netns.ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "GROKKING_FAULTS": "cohort.checkpoint/free+=sleep:900"}   # a retry resumes: no failpoint there
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray",
                              "--tracking-uri", server.uri, "--experiment", "ray-a", "--snapshot-dir",
                              str(tmp_path / "snap")], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     cohorts = tmp_path / "snap" / "ray-a" / "cohorts"
-    killed, since = None, None
+    step = None
     try:
         end = time.monotonic() + 600   # generous: a loaded 2-core machine
-        while killed is None and proc.poll() is None and time.monotonic() < end:
-            # the driver names the worker of each cohort task; kill the largest one's after its first
-            # checkpoint (the retry resumes from it), or 5 s into training on a machine so loaded that
-            # the checkpoint lags (the retry then starts over: the same results either way)
-            started = re.search(r"ray: cohort free\+\S+ training on \S+ \(worker pid (\d+)\)",
+        while step is None and proc.poll() is None and time.monotonic() < end:
+            started = re.search(r"ray: cohort (free\+\S+) training on \S+ \(worker pid (\d+)\)",
                                 (tmp_path / "run.log").read_text())
-            if started:
-                since = since or time.monotonic()
-                checkpointed = any(f.name.startswith("free+") for f in cohorts.glob("*.pt"))
-                if checkpointed or time.monotonic() - since > 5:
-                    os.kill(int(started.group(1)), signal.SIGKILL)
-                    killed = int(started.group(1))
+            if started and (cohorts / f"{started.group(1)}.pt").is_file():
+                step = torch.load(cohorts / f"{started.group(1)}.pt", weights_only=False)["cohort"]["step"]
+                os.kill(int(started.group(2)), signal.SIGKILL)
             time.sleep(0.05)
-        assert killed is not None, (tmp_path / "run.log").read_text()[-3000:]
+        assert step is not None, (tmp_path / "run.log").read_text()[-3000:]
         assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-3000:]
         _, err = other.communicate(timeout=900)
         assert other.returncode == 0, err[-3000:]
@@ -101,7 +99,8 @@ def test_ray_on_the_server_with_a_killed_worker_equals_local_on_sqlite(reference
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    assert "resuming free" in (tmp_path / "run.log").read_text() or not checkpointed
+    text = (tmp_path / "run.log").read_text()
+    assert re.search(rf"resuming free\b.* from the snapshot at step {step}\n", text), text[-3000:]
     got = store_contents(server.backend, "ray-a")     # what the server stored, read from its database
     assert set(got) == set(reference)
     for name, (status, params, curves) in reference.items():

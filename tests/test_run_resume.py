@@ -12,21 +12,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks import netns
+from conftest import CLI_ENV, run_smoke, smoke_command
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def command(db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "interventions.run", "fork_study", "--preset", "smoke", "--no-progress",
-            "--tracking-uri", f"sqlite:///{db}", *extra]
+ENV = CLI_ENV
+command = smoke_command
 
 
 def run_to_end(db: Path, *extra: str) -> str:
-    out = subprocess.run(command(db, *extra), env=ENV, cwd=db.parent, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+    return run_smoke(db, *extra).stdout
 
 
 def ctrl_c_as_in_a_terminal() -> None:
@@ -85,12 +79,9 @@ def store(db: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted smoke run of fork_study; returns its mlflow.db."""
-    ref = tmp_path_factory.mktemp("ref") / "mlflow.db"
-    out = run_to_end(ref)
-    assert "logit_matched" in out and "grokked" in out
-    return ref
+def reference(smoke_db) -> Path:
+    """An uninterrupted smoke run of fork_study; its mlflow.db (conftest)."""
+    return smoke_db
 
 
 def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, reference):

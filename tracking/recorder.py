@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from . import bulk
 from .batches import CHUNK, Pending
+from .query import histories_bulk, histories_public
 from .runs import PARENT_TAG, ParamConflict, RunIndex, RunState, param_str, run_tags
 from .store import client, ensure_experiment, resolve_uri
 
@@ -191,6 +192,24 @@ class Recorder:
     def log_table(self, run_id: str, data: dict, name: str) -> None:
         """`data` (columns) as an MLflow table artifact `name` (mlflow.load_table reads it back)."""
         self.client.log_table(run_id, data, name)
+
+    def curves(self, run_ids: list[str], skip: set[str] = frozenset()) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """{run_id: {key: [(step, value)]}} of every metric of the runs but those in `skip`, read back from
+        the store (buffers written first)."""
+        self.flush()
+        keys = sorted({k for rid in run_ids for k in self.runs.state(rid).stored_keys} - set(skip))
+        records = None
+        if keys and self.private_sql:
+            try:
+                records = histories_bulk(self.client, run_ids, keys)
+            except Exception:   # the public path below reads the same
+                records = None
+        if records is None:
+            records = histories_public(self.client, run_ids, keys)
+        out: dict[str, dict[str, dict[int, float]]] = {rid: {} for rid in run_ids}
+        for rid, key, step, value, _ in sorted(records, key=lambda r: r[4]):   # the latest write of a step wins
+            out[rid].setdefault(key, {})[int(step)] = value
+        return {rid: {k: sorted(pts.items()) for k, pts in c.items()} for rid, c in out.items()}
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         """Buffer tags (mutable, e.g. a description known only at the end)."""

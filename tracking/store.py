@@ -8,15 +8,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote, urlparse
+
+from .schema import CREATING, SchemaError, inspect_sqlite, prepare_sqlite
 
 HTTP_TIMEOUT_S = 3.0   # one health request; a refused connection fails at once
 HTTP_WAIT_S = 60.0     # a server that is up but slow to answer (a loaded host) gets this long in all
-SQLITE_HEADER = b"SQLite format 3\x00"
 DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQL stores MLflow supports besides sqlite
 PAGE = 5000     # runs per search_runs page
 
@@ -59,10 +63,18 @@ def _check_sqlite(uri: str) -> None:
             raise StoreError(uri, f"{path} is a folder, expected a SQLite file")
         if not os.access(path, os.R_OK | os.W_OK):
             raise StoreError(uri, f"{path} is not readable and writable")
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
-        if head and head != SQLITE_HEADER:
-            raise StoreError(uri, f"{path} exists but is not a SQLite database")
+        # Read through SQLite only, never open() + close(): closing any descriptor of the file drops
+        # every POSIX lock this process's SQLite connections hold on it, and another process's connection
+        # (a reader: the MLflow UI, a report) may then checkpoint and delete the WAL under them: their
+        # later commits are lost (a paper-scale study lost its last writes that way).
+        try:
+            inspect_sqlite(path)
+        except SchemaError as e:
+            raise StoreError(uri, str(e)) from None
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e):
+                raise StoreError(uri, f"{path} exists but is not a SQLite database") from None
+            raise StoreError(uri, f"{path} cannot be read ({e})") from None   # locked past the wait, damaged
         return
     # Nothing exists yet: the first existing ancestor must be a writable folder on a writable mount.
     parent = path.parent
@@ -143,12 +155,12 @@ def _fast_sqlite() -> None:
 
     MLflow commits each call as its own transaction; in the default rollback-journal mode each commit
     costs several fsyncs (~50 ms under load). WAL keeps commits durable across a killed process (only a
-    power cut can lose the last ones) and lets `mlflow ui` read while we write.
+    power cut can lose the last ones) and lets `mlflow ui` read while we write. Not for a store being
+    built (`_create_sqlite`): its file must be complete by itself when it is renamed into place.
     """
     global _FAST_SQLITE
     if _FAST_SQLITE:
         return
-    import sqlite3
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -157,8 +169,10 @@ def _fast_sqlite() -> None:
         if isinstance(dbapi_conn, sqlite3.Connection):
             cur = dbapi_conn.cursor()
             try:
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
+                files = [row[2] for row in cur.execute("PRAGMA database_list")]
+                if not any(CREATING in Path(f).name for f in files if f):
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    cur.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.OperationalError:  # a read-only store: reading still works
                 pass
             finally:
@@ -167,25 +181,33 @@ def _fast_sqlite() -> None:
     _FAST_SQLITE = True
 
 
-def client(uri: str):
-    """An MlflowClient on a checked store, creating the SQLite folder and schema if needed."""
+def _say(msg: str) -> None:
+    print(f"tracking: {msg}", file=sys.stderr, flush=True)
+
+
+def client(uri: str, log: Callable[[str], None] = _say):
+    """An MlflowClient on a checked store. A SQLite store that does not exist yet is created whole
+    (tracking.schema); one that this MLflow would migrate in place is refused (StoreError)."""
     from mlflow import MlflowClient
     quiet_mlflow_logs()
-    if uri.startswith("sqlite:"):
-        check_uri(uri)
-        path = sqlite_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _fast_sqlite()
-        # MLflow creates the schema when a client first opens the store; two first users at once both ran
-        # its migrations and one died ("duplicate column name: step"). Opening holds a lock file beside
-        # the database.
-        import fcntl
-        with open(path.with_name(path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            c = MlflowClient(tracking_uri=uri)
-            c.search_experiments(max_results=1)
-        return c
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri)
+    check_uri(uri)
+    path = sqlite_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _fast_sqlite()
+    # One process at a time creates, repairs or first opens a store: two first users at once both ran
+    # MLflow's migrations and one died ("duplicate column name: step"). The lock file sits beside it.
+    import fcntl
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            prepare_sqlite(uri, log)
+        except SchemaError as e:
+            raise StoreError(uri, str(e)) from None
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)
+    return c
 
 
 def ensure_experiment(uri: str, name: str) -> str:
