@@ -16,9 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-from interventions import snapshot
-from interventions.cohort import Cohort, CohortConfig, MemberConfig, MemberState
-from interventions.levers import Lever
+from interventions.engine import snapshot
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig, MemberState
+from interventions.vocab import Levers
 from interventions.vocab import MemberKey
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = json.loads((args.snapshots / "state.json").read_text())
     arm = state["arms"][args.arm]
     prm, recorded = arm["params"], {r["seed"]: r for r in arm["results"]}
-    lever = Lever(**state["levers"][args.arm])      # the arm's lever record, as the study trained it
+    lever = Levers.from_dict(state["levers"][args.arm])   # the arm's levers, as the study trained it
     fork = next(k for k in state["forks"] if k.startswith(prm["fork_from"] + "@"))
     states = snapshot.load(args.snapshots / "forks" / f"{fork}.pt")["members"]
     init = [MemberState.from_dict(states[s]) for s in sorted(recorded)]

@@ -9,7 +9,9 @@ it, one nn.Module and one torch.optim.AdamW per seed. They run in alternating bl
 same machine load. Prints member-steps per second of each and their ratio, and the CPU time (all
 threads) per member-step, a figure that shared, loaded cores distort less; --json writes
 engine_member_steps_per_s, reference_member_steps_per_s, ratio (plus the CPU figures and settings).
---kernels aten|native picks the engine's CPU path (default auto: the compiled kernels where they build).
+--kernels aten|native|generic picks the engine's path (default auto: the compiled kernels where they build);
+--kernels all times the native, ATen and generic paths side by side (each its own cohort of the same
+members, in the same alternation), the generic path being what a plug-in lever or loss trains on.
 --model transformer_noln times the paper's no-LayerNorm transformer (d_model 128, 4 heads, MLP 512, lr 5e-4;
 ATen path) against a textbook nn.Module of the same shapes (its own init, the engine's splits).
 """
@@ -25,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
 
 
 class PlainMLP(nn.Module):
@@ -115,48 +117,60 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
     ap.add_argument("--model", default="mlp", choices=["mlp", "transformer_noln"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    ap.add_argument("--kernels", default="auto", choices=["auto", "native", "aten"],
-                    help="engine CPU path (interventions/native; default auto)")
+    ap.add_argument("--kernels", default="auto", choices=["auto", "native", "aten", "generic", "all"],
+                    help="engine path (default auto: native where it builds); all: native, aten and generic")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     tf = dict(model="transformer_noln", lr=5e-4) if args.model != "mlp" else {}
-    cfg = CohortConfig(p=args.p, precision=args.precision, kernels=args.kernels, **tf)
     members = [MemberConfig(key=f"bench/{s}", seed=s, budget=10**9) for s in range(args.members)]
-    cohort = Cohort(cfg, members)
-    ref = Reference(cohort, cfg)
-    cohort.run(until=25)  # warm-up: allocator, first eval
+    paths = ["native", "aten", "generic"] if args.kernels == "all" else [args.kernels]
+    cohorts = {}
+    for k in paths:
+        try:
+            cohorts[k] = Cohort(CohortConfig(p=args.p, precision=args.precision, kernels=k, **tf), members)
+        except ValueError as e:        # e.g. native kernels not built here, or not for this model
+            print(f"{k}: not timed ({e})")
+    first = next(iter(cohorts.values()))
+    cfg = first.cfg
+    ref = Reference(first, cfg)
+    for c in cohorts.values():
+        c.run(until=25)  # warm-up: allocator, first eval
     ref.run(5)
-    wall = {"engine": 0.0, "reference": 0.0}
-    cpu = {"engine": 0.0, "reference": 0.0}  # process CPU time, all threads: the work, whatever the load
+    sides = {**{f"engine:{k}": (args.steps, lambda n, c=c: c.run(until=c.step + n)) for k, c in cohorts.items()},
+             "reference": (args.reference_steps, ref.run)}
+    wall = {s: 0.0 for s in sides}
+    cpu = {s: 0.0 for s in sides}  # process CPU time, all threads: the work, whatever the load
     for k in range(args.blocks):
-        for side, total, go in (("engine", args.steps, lambda n: cohort.run(until=cohort.step + n)),
-                                ("reference", args.reference_steps, ref.run)):
+        for side, (total, go) in sides.items():
             n = total * (k + 1) // args.blocks - total * k // args.blocks
             w, c = time.perf_counter(), time.process_time()
             go(n)
             wall[side] += time.perf_counter() - w
             cpu[side] += time.process_time() - c
-    steps = {"engine": args.steps, "reference": args.reference_steps}
+    steps = {s: total for s, (total, _) in sides.items()}
     rate = {s: args.members * steps[s] / wall[s] for s in wall}
     cpu_ms = {s: 1e3 * cpu[s] / (args.members * steps[s]) for s in cpu}
-    out = {"engine_member_steps_per_s": rate["engine"], "reference_member_steps_per_s": rate["reference"],
-           "ratio": rate["engine"] / rate["reference"],
-           "engine_cpu_ms_per_member_step": cpu_ms["engine"],
+    main_side = f"engine:{first.kernels if len(cohorts) == 1 else next(iter(cohorts))}"
+    out = {"engine_member_steps_per_s": rate[main_side], "reference_member_steps_per_s": rate["reference"],
+           "ratio": rate[main_side] / rate["reference"],
+           "engine_cpu_ms_per_member_step": cpu_ms[main_side],
            "reference_cpu_ms_per_member_step": cpu_ms["reference"],
-           "cpu_ratio": cpu_ms["reference"] / cpu_ms["engine"],
+           "cpu_ratio": cpu_ms["reference"] / cpu_ms[main_side],
+           "paths": {k: {"member_steps_per_s": rate[f"engine:{k}"], "cpu_ms_per_member_step": cpu_ms[f"engine:{k}"],
+                         "ratio": rate[f"engine:{k}"] / rate["reference"]} for k in cohorts},
            "members": args.members, "p": args.p, "model": args.model, "precision": args.precision,
-           "kernels": cohort.kernels,
+           "kernels": first.kernels if len(cohorts) == 1 else "all",
            "engine_steps": args.steps, "reference_steps": args.reference_steps,
            "torch_threads": torch.get_num_threads(), "load_average_1m": os.getloadavg()[0]}
-    print(f"{args.model} p={args.p} members={args.members} {args.precision} kernels={cohort.kernels} "
+    print(f"{args.model} p={args.p} members={args.members} {args.precision} kernels={out['kernels']} "
           f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
-    print(f"{'':10} {'member-steps/s':>15} {'cpu-ms/member-step':>19}")
-    for s in ("engine", "reference"):
-        print(f"{s:10} {rate[s]:15.1f} {cpu_ms[s]:19.2f}   ({steps[s]} steps in {wall[s]:.1f} s)")
-    print(f"{'ratio':10} {out['ratio']:14.2f}x {out['cpu_ratio']:18.2f}x")
+    print(f"{'':15} {'member-steps/s':>15} {'cpu-ms/member-step':>19} {'vs reference':>13}")
+    for s in sides:
+        print(f"{s:15} {rate[s]:15.1f} {cpu_ms[s]:19.2f} {rate[s] / rate['reference']:12.2f}x   "
+              f"({steps[s]} steps in {wall[s]:.1f} s)")
     return write_json(args.json, out)
 
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from benchmarks.engine import write_json
-from interventions import snapshot
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
-from interventions.levers import Lever
+from interventions.engine import snapshot
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.vocab import Levers
 
 W_C = 54.49
 CELLS = {  # name: (rho, tau, paper median t_grok, tolerance)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         cohort = Cohort.from_state(snapshot.load(args.resume))
         print(f"resumed {args.resume} at step {cohort.step}", flush=True)
     else:
-        levers = {n: Lever(tau=CELLS[n][1], clamp="absolute", target=CELLS[n][0] * W_C, t_int=500) for n in names}
+        levers = {n: Levers.of(tau=CELLS[n][1], clamp="absolute", target=CELLS[n][0] * W_C, t_int=500) for n in names}
         members = [MemberConfig(key=f"{n}/{s}", seed=s, budget=args.budget, lever=levers[n])
                    for n in names for s in range(args.seeds)]
         cohort = Cohort(CohortConfig(p=59, loss="ce", precision="float32"), members)

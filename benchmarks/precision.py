@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine import write_json
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
 
 SIDES = (("float32", "native"), ("float64", "native"), ("float64", "aten"))
 

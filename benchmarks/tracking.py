@@ -46,7 +46,7 @@ def one(study: str, preset: str, tracking: bool) -> tuple[float, float, float]:
         setup = 0.0
         if tracking:
             from tracking.store import ensure_experiment
-            from interventions.run import default_experiment
+            from interventions.study.spec import default_experiment
             t = time.perf_counter()
             ensure_experiment(uri, default_experiment(study, preset))
             setup = time.perf_counter() - t
@@ -65,9 +65,9 @@ def one(study: str, preset: str, tracking: bool) -> tuple[float, float, float]:
 
 def untracked(study: str, preset: str) -> int:
     """The "off" side: what `python -m interventions.run` does, with tracking off."""
-    from interventions.graph import build_graph
-    from interventions.runner import run_study
-    from interventions.spec import load_study
+    from interventions.study.graph import build_graph
+    from interventions.execution.studies import run_study
+    from interventions.study.spec import load_study
     graph = build_graph(load_study(study, preset))
     with tempfile.TemporaryDirectory() as tmp:
         run_study(graph, uri=f"sqlite:///{tmp}/mlflow.db", experiment=study, progress=False, tracking=False)

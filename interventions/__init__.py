@@ -1,7 +1,9 @@
-"""Causal interventions on grokking: tasks, models, levers, the batched engine, studies."""
+"""Causal interventions on grokking: studies (study/), the batched engine (engine/), its plug-ins (levers/,
+losses/, optim/, tasks/, models/; registry.py, kinds.py), running them (execution/), the CLI (run.py) and
+the Python API (api.py)."""
 import os
 
-__version__ = "0.1.0"
+from interventions.version import __version__  # noqa: F401
 
 # Intel MKL's Conditional Numerical Reproducibility: without it MKL may pick other code paths for small
 # GEMMs on different threads or on a thread's first call, so the same member could train to different
@@ -10,9 +12,13 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 def __getattr__(name: str):
-    """`interventions.load(run_id, at="grok")`: a trained member as a PyTorch module (checkpoints.py); imported
-    on first use, so that importing the package stays free of torch."""
+    """The Python API (interventions.api: load_study, run, Result) and `interventions.load(run_id, at="grok")`,
+    a trained member as a PyTorch module (engine.checkpoints); imported on first use, so that importing the
+    package stays light."""
     if name == "load":
-        from .checkpoints import load
+        from interventions.engine.checkpoints import load
         return load
+    if name in ("load_study", "run", "Result"):
+        from interventions import api
+        return getattr(api, name)
     raise AttributeError(f"module 'interventions' has no attribute {name!r}")

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .graph import build_graph
-from .spec import SpecError, load_study
-from .suite import find_suite, load_suite, run_suite
+from interventions.version import __version__
+from interventions.study.graph import build_graph
+from interventions.study.spec import SpecError, default_experiment, load_study
+from interventions.study.suite import find_suite, load_suite
 
 EXIT_BAD_INPUT = 2
 
@@ -57,10 +57,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def default_experiment(study_name: str, preset: str | None) -> str:
-    return study_name if preset in (None, "default") else f"{study_name}-{preset}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     suite = find_suite(args.study)
@@ -89,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {study.source}: --ray-address/--cpus-per-task: only with --executor ray", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        from .runner import snapshot_dir
-        from .views import render
+        from interventions.execution.persist import snapshot_dir
+        from interventions.study.views import render
         for g, x in studies:
             print(render(g))
             print(f"  tracking: {uri}, experiment {x!r}; snapshots in {snapshot_dir(uri, x, args.snapshot_dir)}")
@@ -102,18 +98,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {study.source}: --device: cuda requested but no CUDA device is available",
                   file=sys.stderr)
             return EXIT_BAD_INPUT
-    from .tracker import prestart
+    from interventions.execution.tracking_process import prestart
     prestart(uri)   # the tracking process starts now, beside the imports of torch below
     executor = None
     if args.executor == "ray":
-        from .cluster import ClusterError, RayExecutor
+        from interventions.execution.cluster import ClusterError, RayExecutor
         try:
-            executor = RayExecutor(args.ray_address, cpus=args.cpus_per_task, device=args.device)
+            plugins = [p["source"] for g, _ in studies for p in g.study.plugin_info if p["listed"]]
+            executor = RayExecutor(args.ray_address, cpus=args.cpus_per_task, device=args.device, plugins=plugins)
         except ClusterError as e:
             print(f"error: {study.source}: --executor ray: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    from .runner import ResumeError
+    from interventions.execution.persist import ResumeError
     try:
+        from interventions.execution.studies import run_suite
         run_suite(studies, uri=uri, device=args.device, fresh=args.fresh, progress=not args.no_progress,
                   summary=suite is not None, executor=executor, snapshots=args.snapshot_dir)
     except ResumeError as e:

@@ -70,9 +70,9 @@ def fork_smoke(tmp_path_factory):
     from types import SimpleNamespace
 
     from analyses import report
-    from interventions.graph import build_graph
-    from interventions.runner import run_study
-    from interventions.spec import load_study
+    from interventions.study.graph import build_graph
+    from interventions.execution.studies import run_study
+    from interventions.study.spec import load_study
     folder = tmp_path_factory.mktemp("fork_smoke")
     uri, name = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}", "fork_study-smoke"
     study = load_study("fork_study", "smoke", ["budget=3000", "defaults.save.at_grok=true", "defaults.save.final=true"])

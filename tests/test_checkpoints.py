@@ -75,9 +75,9 @@ def test_the_report_draws_the_kept_embeddings_and_embeds_every_figure_in_report_
 def test_a_loaded_member_measures_what_its_cohort_measured(model, tmp_path):
     """Without MLflow: a member's checkpoint written to a file, loaded, gives the cohort's own train and
     test accuracy (the module's textbook forward against the engine's batched evaluation)."""
-    from interventions.checkpoints import member_checkpoint
-    from interventions.cohort import Cohort, CohortConfig, MemberConfig
-    from interventions import snapshot
+    from interventions.engine.checkpoints import member_checkpoint
+    from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
+    from interventions.engine import snapshot
     cfg = CohortConfig(p=11, model=model, d_embed=16, d_hidden=32, d_model=16, n_heads=2, d_mlp=32, lr=1e-2,
                        log_every=25)
     c = Cohort(cfg, [MemberConfig(key="free/3", seed=3)])

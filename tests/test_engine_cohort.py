@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from interventions import snapshot
-from interventions.cohort import Cohort, CohortConfig, MemberConfig, detect_times
-from interventions.levers import Lever
+from interventions.engine import snapshot
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig, detect_times
+from interventions.vocab import Levers
 
 TINY = dict(p=11, d_embed=16, d_hidden=32, lr=1e-2, log_every=20)
 GROKS = dict(p=23, train_fraction=0.7, d_embed=32, d_hidden=64, lr=1e-2, weight_decay=3.0, log_every=100)
@@ -14,9 +14,9 @@ GROKS = dict(p=23, train_fraction=0.7, d_embed=32, d_hidden=64, lr=1e-2, weight_
 
 def mixed_members() -> list[MemberConfig]:
     return [MemberConfig(key="free/0", seed=0),
-            MemberConfig(key="abs/1", seed=1, lever=Lever(clamp="absolute", target=9.0, t_int=10, tau=1.5)),
-            MemberConfig(key="n0/0", seed=0, lever=Lever(clamp="n0", rho=1.15, t_int=30)),
-            MemberConfig(key="alloc/2", seed=2, lever=Lever(clamp="alloc", gamma=0.3, t_int=5))]
+            MemberConfig(key="abs/1", seed=1, lever=Levers.of(clamp="absolute", target=9.0, t_int=10, tau=1.5)),
+            MemberConfig(key="n0/0", seed=0, lever=Levers.of(clamp="n0", rho=1.15, t_int=30)),
+            MemberConfig(key="alloc/2", seed=2, lever=Levers.of(clamp="alloc", gamma=0.3, t_int=5))]
 
 
 def same_tensors(a: dict, b: dict) -> bool:
@@ -70,8 +70,8 @@ def test_retirement_shrinks_the_work_and_keeps_final_states():
 
 def test_a_diverged_member_does_not_disturb_the_others():
     cfg = CohortConfig(**TINY)
-    healthy = [MemberConfig(key="a", seed=0, lever=Lever(clamp="n0", rho=1.1, t_int=5)), MemberConfig(key="b", seed=1)]
-    blowup = MemberConfig(key="bad", seed=2, lever=Lever(clamp="absolute", target=1e30, t_int=3))  # logits overflow
+    healthy = [MemberConfig(key="a", seed=0, lever=Levers.of(clamp="n0", rho=1.1, t_int=5)), MemberConfig(key="b", seed=1)]
+    blowup = MemberConfig(key="bad", seed=2, lever=Levers.of(clamp="absolute", target=1e30, t_int=3))  # logits overflow
     with_bad = Cohort(cfg, [healthy[0], blowup, healthy[1]])
     without = Cohort(cfg, healthy)
     with_bad.run(until=60)
@@ -109,8 +109,8 @@ def test_fork_restores_one_member_into_new_arms():
     assert trunk.step % 25 == 0 and trunk.step < 400 and all(r["t_mem"] for r in trunk.results())
     st = trunk.member_state("trunk/1")
     n0 = float(torch.cat([st.params[n].flatten() for n in ("E", "W1", "W2")]).double().norm())
-    arms = Cohort(cfg, [MemberConfig(key="free/1", seed=1), MemberConfig(key="same/1", seed=1, lever=Lever(clamp="n0")),
-                        MemberConfig(key="raised/1", seed=1, lever=Lever(clamp="n0", rho=1.15))], init=[st] * 3)
+    arms = Cohort(cfg, [MemberConfig(key="free/1", seed=1), MemberConfig(key="same/1", seed=1, lever=Levers.of(clamp="n0")),
+                        MemberConfig(key="raised/1", seed=1, lever=Levers.of(clamp="n0", rho=1.15))], init=[st] * 3)
     assert arms.step == trunk.step
     trunk.run(until=trunk.step + 30)
     arms.run(until=arms.step + 30)
@@ -139,7 +139,7 @@ def test_run_until_in_pieces_equals_one_run_and_calls_back():
 
 def test_bad_input_is_one_clear_error():
     with pytest.raises(ValueError, match="target"):
-        MemberConfig(key="x", seed=0, lever=Lever(clamp="absolute"))
+        MemberConfig(key="x", seed=0, lever=Levers.of(clamp="absolute"))
     with pytest.raises(ValueError, match=r"cohort\.loss"):
         CohortConfig(loss="hinge")
     with pytest.raises(ValueError, match="duplicate"):

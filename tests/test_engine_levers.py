@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from interventions import levers
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
-from interventions.levers import Lever
+from interventions.levers.clamp import alloc_targets
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.vocab import Levers
 
 TINY = dict(p=11, d_embed=16, d_hidden=32, lr=1e-2)
 
@@ -23,7 +23,7 @@ def layer_norms(c: Cohort, key: str) -> dict[str, float]:
 
 
 def test_clamp_holds_weight_norm_from_t_int():
-    clamped = Lever(clamp="absolute", target=9.0, t_int=4)
+    clamped = Levers.of(clamp="absolute", target=9.0, t_int=4)
     c = Cohort(CohortConfig(**TINY), [MemberConfig(key="clamped", seed=0, lever=clamped),
                                       MemberConfig(key="free", seed=0)])
     c.run(until=3)
@@ -36,7 +36,7 @@ def test_clamp_holds_weight_norm_from_t_int():
 
 
 def test_clamp_n0_is_the_norm_entering_the_first_clamped_step():
-    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="m", seed=1, lever=Lever(clamp="n0", rho=1.2, t_int=6))])
+    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="m", seed=1, lever=Levers.of(clamp="n0", rho=1.2, t_int=6))])
     c.run(until=5)
     n0 = weight_norm(c, "m")
     c.run(until=9)
@@ -49,9 +49,9 @@ def test_clamp_n0_is_the_norm_entering_the_first_clamped_step():
 def test_alloc_clamp_holds_every_layer_at_its_target():
     base = {"E": 1.0, "W1": 2.0, "W2": 1.5}
     c = Cohort(CohortConfig(**TINY), [
-        MemberConfig(key="g+", seed=2, lever=Lever(clamp="alloc", target=8.0, gamma=0.4, t_int=3, alloc_base=base)),
-        MemberConfig(key="g-", seed=2, lever=Lever(clamp="alloc", target=8.0, gamma=-0.5, t_int=3, alloc_base=base)),
-        MemberConfig(key="own", seed=2, lever=Lever(clamp="alloc", rho=0.9, gamma=0.2, t_int=3))])
+        MemberConfig(key="g+", seed=2, lever=Levers.of(clamp="alloc", target=8.0, gamma=0.4, t_int=3, alloc_base=base)),
+        MemberConfig(key="g-", seed=2, lever=Levers.of(clamp="alloc", target=8.0, gamma=-0.5, t_int=3, alloc_base=base)),
+        MemberConfig(key="own", seed=2, lever=Levers.of(clamp="alloc", rho=0.9, gamma=0.2, t_int=3))])
     c.run(until=30)
     s = 8.0 / math.sqrt(1 + 4 + 2.25)
     for key, g in (("g+", 0.4), ("g-", -0.5)):
@@ -69,7 +69,7 @@ def test_alloc_targets_reproduce_the_released_alloc_cells(paper_metrics):
     base = [float(ctrl[k][-1]) for k in ("wn_E", "wn_W1", "wn_W2")]
     for g in ("-0.60", "-0.30", "+0.00", "+0.30", "+0.60"):
         cell = np.load(paper_metrics / "alloc" / f"mlp_ce_full_p59_alloc_g{g}.npz")
-        got = levers.alloc_targets(base, float(cell["wc_used"]), float(g), 0, 2)
+        got = alloc_targets(base, float(cell["wc_used"]), float(g), 0, 2)
         want = [float(cell[k][-1]) for k in ("wn_E", "wn_W1", "wn_W2")]
         assert got == pytest.approx(want, rel=1e-4), g
 
@@ -77,7 +77,7 @@ def test_alloc_targets_reproduce_the_released_alloc_cells(paper_metrics):
 @pytest.mark.parametrize("model", ["transformer", "transformer_noln"])
 def test_transformer_trains_and_the_clamp_covers_every_matrix(model):
     cfg = CohortConfig(p=7, model=model, d_model=8, n_heads=2, d_mlp=16, lr=1e-2, log_every=10)
-    c = Cohort(cfg, [MemberConfig(key="m", seed=0, lever=Lever(clamp="absolute", target=6.0, t_int=1)),
+    c = Cohort(cfg, [MemberConfig(key="m", seed=0, lever=Levers.of(clamp="absolute", target=6.0, t_int=1)),
                      MemberConfig(key="free", seed=0)])
     expected = {"E", "pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"}
     assert set(c.matrices) == expected
@@ -91,7 +91,7 @@ def test_transformer_trains_and_the_clamp_covers_every_matrix(model):
 
 def test_float64_cohort():
     c = Cohort(CohortConfig(**TINY, precision="float64"),
-               [MemberConfig(key="m", seed=0, lever=Lever(clamp="absolute", target=9.0, t_int=2))])
+               [MemberConfig(key="m", seed=0, lever=Levers.of(clamp="absolute", target=9.0, t_int=2))])
     assert all(t.dtype == torch.float64 for t in c.P.values())
     c.run(until=25)
     assert weight_norm(c, "m") == pytest.approx(9.0, rel=1e-13)

@@ -5,17 +5,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interventions import levers
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
-from interventions.levers import Lever
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.registry import LOSSES
+from interventions.vocab import Levers
 
 TINY = dict(p=7, d_embed=8, d_hidden=16, d_model=8, n_heads=2, d_mlp=16, precision="float64")
 MODELS = ["mlp", "transformer", "transformer_noln"]
 
 
+def loss_values(z, y, inv_tau, kind):
+    """The per-member loss of z / tau, as the generic path trains on it (registered loss `kind`)."""
+    return LOSSES.get(kind)().value(z * inv_tau.view(-1, *([1] * (z.dim() - 1))), y)
+
+
 def make(model="mlp", loss="ce", taus=(1.0, 1.7), **kw) -> Cohort:
     cfg = CohortConfig(**{**TINY, "model": model, "loss": loss, **kw})
-    return Cohort(cfg, [MemberConfig(key=f"m/{i}", seed=i, lever=Lever(tau=t)) for i, t in enumerate(taus)])
+    return Cohort(cfg, [MemberConfig(key=f"m/{i}", seed=i, lever=Levers.of(tau=t)) for i, t in enumerate(taus)])
 
 
 def rows(c: Cohort, i: int) -> dict:
@@ -55,10 +60,10 @@ def test_hand_written_backward_matches_autograd_of_naive_forward(model, loss):
     for b in c.backend.batches:
         i = b.s
         value = c.model.loss_grads(rows(c, i), {k: v[i:i + 1] for k, v in G.items()}, b, c.inv_tau[i:i + 1],
-                                   loss, c.backend.workers.ws)
+                                   c.loss, c.backend.workers.ws)
         P1 = {k: v.clone().requires_grad_(True) for k, v in one(c, i).items()}
         a, bb, y = pairs(c, i)
-        ref = levers.loss_values(c.model.naive_logits(P1, a, bb)[None], y[None, :, None], c.inv_tau[i:i + 1], loss)
+        ref = loss_values(c.model.naive_logits(P1, a, bb)[None], y[None, :, None], c.inv_tau[i:i + 1], loss)
         ref.backward()
         assert value.item() == pytest.approx(ref.item(), rel=1e-12)
         for k, t in P1.items():
@@ -69,12 +74,12 @@ def test_tau_divides_the_logits_before_the_loss():
     z = torch.randn(2, 5, 7, dtype=torch.float64)
     y = torch.randint(0, 7, (2, 5, 1))
     tau = torch.tensor([1.0, 1.7], dtype=torch.float64)
-    got = levers.loss_values(z, y, 1.0 / tau, "ce")
+    got = loss_values(z, y, 1.0 / tau, "ce")
     want = torch.stack([F.cross_entropy(z[i] / tau[i], y[i, :, 0]) for i in range(2)])
     assert torch.allclose(got, want, rtol=1e-12)
     # same params, tau 1 vs 1.7: the measured logit_scale (post-tau) scales by 1 / tau, accuracy does not move
-    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="t1", seed=3, lever=Lever(tau=1.0)),
-                                      MemberConfig(key="t17", seed=3, lever=Lever(tau=1.7))])
+    c = Cohort(CohortConfig(**TINY), [MemberConfig(key="t1", seed=3, lever=Levers.of(tau=1.0)),
+                                      MemberConfig(key="t17", seed=3, lever=Levers.of(tau=1.7))])
     ev = c.evaluate(full=True)
     assert ev["logit/scale"][1].item() == pytest.approx(ev["logit/scale"][0].item() / 1.7, rel=1e-12)
     assert ev["train/acc"][0] == ev["train/acc"][1]
@@ -85,11 +90,11 @@ def test_mse_loss_is_sum_over_classes_mean_over_examples():
     y = torch.randint(0, 5, (1, 6, 1))
     tau = 1.3
     want = sum(sum((z[0, n, k].item() / tau - float(k == y[0, n, 0])) ** 2 for k in range(5)) for n in range(6)) / 6
-    got = levers.loss_values(z, y, torch.tensor([1 / tau], dtype=torch.float64), "mse")
+    got = loss_values(z, y, torch.tensor([1 / tau], dtype=torch.float64), "mse")
     assert got.item() == pytest.approx(want, rel=1e-12)
     zz = z.clone().requires_grad_(True)
-    levers.loss_values(zz, y, torch.tensor([1 / tau], dtype=torch.float64), "mse").sum().backward()
-    value, dz = levers.loss_and_dlogits(z.clone(), y, torch.tensor([1 / tau], dtype=torch.float64), "mse")
+    loss_values(zz, y, torch.tensor([1 / tau], dtype=torch.float64), "mse").sum().backward()
+    value, dz = LOSSES.get("mse")().value_and_dlogits(z.clone(), y, torch.tensor([1 / tau], dtype=torch.float64))
     assert value.item() == pytest.approx(want, rel=1e-12)
     assert torch.allclose(dz, zz.grad, rtol=1e-12)
 
@@ -109,7 +114,7 @@ def test_init_follows_the_paper():
 def test_engine_step_matches_plain_pytorch_adamw():
     """One member trained by the engine = the same MLP as nn.Modules with torch.optim.AdamW."""
     cfg = CohortConfig(**{**TINY, "lr": 1e-2})
-    c = Cohort(cfg, [MemberConfig(key="m", seed=5, lever=Lever(tau=1.3))])
+    c = Cohort(cfg, [MemberConfig(key="m", seed=5, lever=Levers.of(tau=1.3))])
     P0 = one(c, 0)
     E = torch.nn.Parameter(P0["E"].clone())
     l1, l2 = torch.nn.Linear(16, 16).double(), torch.nn.Linear(16, 7).double()

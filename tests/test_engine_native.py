@@ -8,9 +8,12 @@ import os
 import pytest
 import torch
 
-from interventions import levers, models, native
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
-from interventions.levers import Lever
+from interventions.engine.backends import softmax_collapse
+from interventions.engine.tensors import Workspace
+from interventions.engine import native
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.registry import LOSSES
+from interventions.vocab import Levers
 
 SMALL = dict(p=13, d_embed=16, d_hidden=24, lr=1e-2, log_every=25)  # d_hidden: 3 vectors of 8 (no 16-block)
 GROKS = dict(p=23, train_fraction=0.7, d_embed=32, d_hidden=64, lr=1e-2, weight_decay=3.0, log_every=100)
@@ -27,7 +30,7 @@ def kernels():
 
 
 def members(n=3, **kw):
-    return [MemberConfig(key=f"m{i}", seed=i, **kw, lever=Lever(tau=(1.0, 1.7, 1.3)[i % 3])) for i in range(n)]
+    return [MemberConfig(key=f"m{i}", seed=i, **kw, lever=Levers.of(tau=(1.0, 1.7, 1.3)[i % 3])) for i in range(n)]
 
 
 def test_auto_picks_native_where_it_applies_and_aten_elsewhere(kernels):
@@ -70,7 +73,7 @@ def test_step_matches_the_aten_path(kernels, loss, p, precision):
     for i, b in enumerate(a.backend.batches):
         P = {k: v[i:i + 1] for k, v in a.P.items()}
         G = {k: torch.empty_like(v) for k, v in P.items()}
-        value = a.model.loss_grads(P, G, b, a.inv_tau[i:i + 1], loss, models.Workspace())
+        value = a.model.loss_grads(P, G, b, a.inv_tau[i:i + 1], a.loss, Workspace())
         Pn = [a.P[k][i].clone() for k in a.names]
         Gn = [torch.empty_like(x) for x in Pn]
         zeros = [torch.zeros_like(x) for x in Pn]
@@ -104,7 +107,7 @@ def test_a_member_does_not_depend_on_its_cohort_mates_or_the_thread_count(kernel
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        alone = Cohort(cfg, [MemberConfig(key="m1", seed=1, lever=Lever(tau=1.7))])
+        alone = Cohort(cfg, [MemberConfig(key="m1", seed=1, lever=Levers.of(tau=1.7))])
         alone.run(until=60)
         torch.set_num_threads(2)
         crowd = Cohort(cfg, members(3))
@@ -171,7 +174,7 @@ def test_loss_gradients_and_collapsed_rows_equal_the_aten_path_deep_in_collapse(
     bias = torch.zeros(pad, dtype=dtype)
     bias[p:] = float("-inf")
     inv = torch.tensor([1.0 / tau], dtype=dtype)
-    value, dz = levers.loss_and_dlogits((z + bias).unsqueeze(0), y.view(1, -1, 1), inv, "ce")
+    value, dz = LOSSES.get("ce")().value_and_dlogits((z + bias).unsqueeze(0), y.view(1, -1, 1), inv)
     loss, dz_native, db2 = kernels.loss_dlogits(z.clone(), bias, y, float(inv), True, p, n)
     dz = dz[0]
     assert torch.equal(dz_native, dz)
@@ -190,7 +193,7 @@ def test_softmax_collapse_counts_equal_the_aten_path_across_the_collapse_boundar
     s, y = collapse_logits(n, p, p, margins, seed=2, dtype=dtype)
     kinds = torch.ones(n, dtype=torch.uint8)
     got = kernels.eval_logits(s.contiguous(), y, kinds, True)
-    collapsed, saturated = levers.softmax_collapse(s, y.view(-1, 1))
+    collapsed, saturated = softmax_collapse(s, y.view(-1, 1))
     assert 0 < int(collapsed.sum()) < n
     assert (got[5], got[6]) == (int(collapsed.sum()), int(saturated.sum()))
     assert got[0] == int((s.argmax(-1) == y).sum())
@@ -201,7 +204,7 @@ def test_a_cohort_in_softmax_collapse_follows_the_aten_path(kernels):
     both paths give the same sc_frac curves (within one training pair at every log step; the old kernels,
     which flushed subnormals and summed the softmax their own way, were 4 pairs off) and the same t_grok."""
     cfg = dict(GROKS, log_every=100)
-    ms = [MemberConfig(key=f"w{w}/{s}", seed=s, budget=2000, lever=Lever(clamp="absolute", target=float(w), t_int=400))
+    ms = [MemberConfig(key=f"w{w}/{s}", seed=s, budget=2000, lever=Levers.of(clamp="absolute", target=float(w), t_int=400))
           for w in (36, 44, 48) for s in (0, 1)]
     runs = {}
     for k in ("aten", "native"):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from interventions import tasks
-from interventions.cohort import Cohort, CohortConfig, MemberConfig
+from interventions.engine import task as tasks
+from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
 
 
 @pytest.mark.parametrize("op,f", [("add", lambda a, b, p: (a + b) % p), ("sub", lambda a, b, p: (a - b) % p),

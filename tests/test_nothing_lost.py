@@ -86,6 +86,14 @@ def test_a_reader_of_the_store_while_a_study_writes_loses_nothing(smoke_db, tmp_
     assert contents(db) == contents(smoke_db)
 
 
+def test_a_trunk_that_stops_between_log_steps_checks_out_complete(tmp_path):
+    """The store check expects each member's curve up to its last logged row: a trunk stops at its fork
+    point, which need not be a log step (here fork 100, log every 75), and the study still ends with 0."""
+    db = tmp_path / "mlflow.db"
+    r = run_smoke(db, "--set", "log_every=75")
+    assert "fork point trunk@100: step 100" in r.stdout and state(db)["finished"], r.stdout
+
+
 def test_a_finished_study_whose_store_lost_records_is_repaired_from_state_json(smoke_db, tmp_path):
     """Runs set back to RUNNING and a summary deleted behind the study's back: the rerun of the finished
     study notices, says what it repairs, and ends with the store of an uninterrupted run."""

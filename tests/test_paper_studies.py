@@ -6,11 +6,11 @@ import json
 import pytest
 
 from analyses import report
-from interventions.graph import build_graph
-from interventions.persist import snapshot_dir
+from interventions.study.graph import build_graph
+from interventions.execution.persist import snapshot_dir
 from interventions.run import main
-from interventions.runner import run_study
-from interventions.spec import load_study
+from interventions.execution.studies import run_study
+from interventions.study.spec import load_study
 from tracking import conventions
 
 SECTION = {"dose_law": "dose_law", "allocation": "allocation", "precision_audit": "precision",

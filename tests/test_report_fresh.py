@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from analyses import report
-from interventions.graph import build_graph
-from interventions.runner import run_study
-from interventions.spec import STUDIES_DIR, load_study
+from interventions.study.graph import build_graph
+from interventions.execution.studies import run_study
+from interventions.study.spec import STUDIES_DIR, load_study
 
 RENAMES = {"trunk": "stem", "free": "loose", "clamp_same": "held", "clamp_raised": "pushed",
            "clamp_lowered": "pulled", "logit_matched": "matched_tau"}

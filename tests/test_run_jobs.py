@@ -2,11 +2,11 @@
 results) is plain data too, so a job can run in another process and give the same results."""
 import pickle
 
-from interventions import plan
-from interventions.derive import lever
-from interventions.graph import build_graph
-from interventions.jobs import LocalExecutor, train
-from interventions.spec import load_study
+from interventions.execution import plan
+from interventions.study.derive import levers as lever
+from interventions.study.graph import build_graph
+from interventions.execution.jobs import LocalExecutor, train
+from interventions.study.spec import load_study
 from interventions.vocab import MemberKey
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from interventions.derive import derive
-from interventions.graph import build_graph
+from interventions.study.derive import derive
+from interventions.study.graph import build_graph
 from interventions.run import main
-from interventions.spec import SpecError, load_study
-from interventions.views import describe
+from interventions.study.spec import SpecError, load_study
+from interventions.study.views import describe
 
 MINI = """\
 study: mini

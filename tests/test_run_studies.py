@@ -4,9 +4,9 @@ import statistics
 
 import pytest
 
-from interventions.graph import build_graph
-from interventions.runner import run_study
-from interventions.spec import load_study
+from interventions.study.graph import build_graph
+from interventions.execution.studies import run_study
+from interventions.study.spec import load_study
 from tracking import conventions
 
 

@@ -1,11 +1,11 @@
 """Read a study's runs back from the store and say what it lacks of what the study reported.
 
-A study ends with exit 0 only when this finds nothing (interventions.runner): every run the study made is
+A study ends with exit 0 only when this finds nothing (interventions.execution): every run the study made is
 in the store and ended with its status, with its summaries (the values it reported), and with its curve
 up to the step it trained to. The expectations are plain data built from the study's state.json:
     {"role": "arm" | "member" | "study", "arm": name or None, "seed": int or None,
      "status": "FINISHED", "metrics": {key: value}, "last_step": step or None}
-`last_step`: the step of the member's last curve row (its final step), checked on CURVE_KEY.
+`last_step`: the step of the member's last curve row, checked on CURVE_KEY.
 """
 from __future__ import annotations
 

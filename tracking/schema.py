@@ -92,11 +92,9 @@ def inspect_sqlite(path: Path) -> str:
                       "written by a newer MLflow; install that version (pip install -U mlflow)")
 
 
-def prepare_sqlite(uri: str, log: Callable[[str], None]) -> None:
-    """Make the store at `uri` whole before MLflow opens it (the caller holds its lock): remove the leftover
+def prepare_sqlite(path: Path, log: Callable[[str], None]) -> None:
+    """Make the store at `path` whole before MLflow opens it (the caller holds its lock): remove the leftover
     of an interrupted creation, build a missing (or empty, or half-made and run-less) store atomically."""
-    from .store import sqlite_path
-    path = sqlite_path(uri)
     for left in sorted(path.parent.glob(f"{path.name}{CREATING}*")):
         left.unlink(missing_ok=True)
         if not left.name.endswith("-journal"):

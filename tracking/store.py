@@ -202,7 +202,7 @@ def client(uri: str, log: Callable[[str], None] = _say):
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            prepare_sqlite(uri, log)
+            prepare_sqlite(path, log)
         except SchemaError as e:
             raise StoreError(uri, str(e)) from None
         c = MlflowClient(tracking_uri=uri)

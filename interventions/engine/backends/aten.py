@@ -1,0 +1,49 @@
+"""The ATen fast path: a model's hand-written backward (models/mlp.py; the transformer's autograd of its
+own forward), the tau lever folded into it, the cohort's optimizer, op by op on any device.
+
+It covers cohorts whose model has `loss_grads` (the MLP's needs a loss with a closed-form gradient in the
+logits, `value_and_dlogits`) and whose levers act only after the step, besides tau (base.fast_path_levers).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from interventions.engine.backends.base import Backend, Work, fast_path_levers
+from interventions.engine.tensors import Batch, Workspace
+from interventions.registry import LOSSES, MODELS
+
+if TYPE_CHECKING:
+    from interventions.engine.cohort import Cohort
+
+
+class ATen(Backend):
+    kernels = "aten"
+
+    @classmethod
+    def covers(cls, cfg, levers: list) -> str | None:
+        model, loss = MODELS.get(cfg.model), LOSSES.get(cfg.loss)
+        if not hasattr(model, "loss_grads"):
+            return f"model {cfg.model} (no hand-written backward)"
+        if getattr(model, "needs_closed_form_loss", False) and not loss.closed_form:
+            return f"loss {cfg.loss} (model {cfg.model}'s backward needs a closed-form gradient in the logits)"
+        return fast_path_levers(levers)
+
+    def _stepper(self, c: Cohort, k: int, after_step: Callable[[slice, int], None], stopped: dict[int, int]) -> Work:
+        names, t0, adam0 = c.names, c.step, c.adam_step
+
+        def work(b: Batch, ws: Workspace) -> None:
+            sl = slice(b.s, b.e)
+            P = [c.P[n][sl] for n in names]
+            G = [self.G[n][sl] for n in names]
+            S = {k: [d[n][sl] for n in names] for k, d in c.S.items()}
+            for s in range(1, k + 1):
+                loss = c.model.loss_grads(dict(zip(names, P)), dict(zip(names, G)), b, c.inv_tau[sl], c.loss, ws)
+                c.optimizer.step(P, G, S, self.decay, adam0 + s)
+                after_step(sl, t0 + s)
+                if self._diverged(loss, b, t0 + s, t0 + k, stopped):
+                    return
+        return work
+
+    def rebuild(self, c: Cohort) -> None:
+        super().rebuild(c)
+        self.G = {k: v.new_empty(v.shape) for k, v in c.P.items()}  # gradients, per member

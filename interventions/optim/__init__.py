@@ -1,0 +1,1 @@
+"""The bundled optimizer, registered as a user's optimizer would be: adamw.py."""

@@ -1,0 +1,290 @@
+"""The study file's schema (pydantic), built from the registries: `models()` -> Study and its parts.
+
+A study file has `study` (its name), `plugins` (modules that register more plug-ins), `defaults` (task,
+model, optimizer, loss, levers, budgets, seeds), `arms` (a list; each may fork `from: {arm, at}`, sweep a
+setting, or take a setting derived from other arms' results) and `presets` (named partial documents
+overlaid on the file; applied by spec.load_study). The task, model, optimizer, loss and levers are
+registered plug-ins: each names its settings (`kind: <registered name>` plus that entry's own keys), so the
+schema is made from the registries once they hold every plug-in the study names.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BeforeValidator, ConfigDict, Discriminator, Field, Tag, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from interventions.kinds import user_fields
+from interventions.registry import LEVERS, LOSSES, MODELS, OPTIMIZERS, TASKS
+from interventions.study.types import SpecError, Strict
+from tracking.conventions import DESIGN_ROLES, GROK_THRESHOLD, MEM_THRESHOLD
+
+__all__ = ["SpecError", "Strict", "models", "sweepable"]
+
+Role = Literal[DESIGN_ROLES]  # type: ignore[valid-type]
+Retire = Literal["arm", "member"]
+
+
+class Task(Strict):
+    op: str = "add"                               # a registered task (interventions.tasks)
+    p: int | list[int] = 59                       # its size (a modulus); a list replicates the graph per p
+    train_fraction: float = Field(0.4, gt=0, lt=1)
+
+    @field_validator("p")
+    @classmethod
+    def _p(cls, v):
+        ps = v if isinstance(v, list) else [v]
+        if not ps:
+            raise ValueError("needs at least one modulus")
+        for x in ps:
+            if x < 3:
+                raise ValueError(f"modulus p must be >= 3 (got {x})")
+        if len(set(ps)) != len(ps):
+            raise ValueError(f"repeated modulus in {ps}")
+        return v
+
+    @model_validator(mode="after")
+    def _task(self):
+        entry = TASKS.get(self.op) if self.op in TASKS else None
+        if entry is None:
+            raise ValueError(f"unknown task {self.op!r} (registered: {', '.join(TASKS.names())})")
+        if entry.fixed_p is not None and "p" not in self.model_fields_set:
+            self.p = entry.fixed_p
+        for p in self.p if isinstance(self.p, list) else [self.p]:
+            why = entry.check(p)
+            if why:
+                raise ValueError(why)
+            pairs = entry.n_pairs(p)
+            n = round(self.train_fraction * pairs)
+            if not 0 < n < pairs:
+                raise ValueError(f"train_fraction {self.train_fraction} of the {pairs} pairs at p={p} "
+                                 "leaves an empty train or test split")
+        return self
+
+
+class ForkDefaults(Strict):
+    at: int = Field(800, ge=0)
+    # all_memorized: the first eval step >= at at which every seed of the parent has memorized (PAPER.md)
+    when: Literal["step", "all_memorized"] = "all_memorized"
+
+
+class Save(Strict):
+    """Member checkpoints logged on each member run (checkpoints.py): at its t_grok, at its end."""
+    at_grok: bool = False
+    final: bool = False
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k, on in (("grok", self.at_grok), ("final", self.final)) if on)
+
+
+class From(Strict):
+    arm: str
+    at: int | None = Field(None, ge=0)        # None: defaults.fork.at
+    when: Literal["step", "all_memorized"] | None = None
+
+
+class StudyBase(Strict):
+    """What every study has besides its generated parts (models().Study adds defaults and arms)."""
+    study: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    design: str = "custom"               # free text logged as param `design` (fork, mediation, collapse ...)
+    plugins: list[str] = []              # modules that register plug-ins (interventions.plugins)
+    presets: dict[str, dict[str, Any]] = {}
+    # filled by load_study, not by the file
+    source: str = Field("", exclude=True)
+    preset: str | None = Field(None, exclude=True)
+    sets: list[str] = Field(default_factory=list, exclude=True)
+    plugin_info: list[dict] = Field(default_factory=list, exclude=True)   # name, file, version, digest
+
+    def resolved(self) -> dict:
+        """The study as it runs (preset and --set applied, defaults filled), for artifacts and hashing."""
+        d = self.model_dump(mode="json", by_alias=True, exclude={"presets"}, warnings=False)
+        d["preset"] = self.preset
+        if not d["plugins"]:
+            d.pop("plugins")
+        return d
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Identity of what is trained: resume refuses to mix snapshots of different settings (a plug-in's
+        source is part of it)."""
+        d = self.resolved()
+        for k in ("description", "preset"):
+            d.pop(k, None)
+        d["defaults"].pop("save")   # what is kept, not what is trained
+        if self.plugin_info:
+            d["plugin_digests"] = {p["name"]: p["digest"] for p in self.plugin_info}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the generated parts
+def _entry_union(registry, default: str, as_name: bool = False):
+    """`{kind: <name>, <that entry's settings>}` over every registered entry (a plain name too, where
+    as_name): a discriminated union, so an unknown kind or setting is reported at its key."""
+    variants = []
+    for name, entry in registry.items():
+        model = create_model(f"{registry.kind}_{name}", __base__=entry.Settings,
+                             kind=(Literal[name], name))  # type: ignore[valid-type]
+        variants.append(Annotated[model, Tag(name)])
+
+    def kind(v):
+        return v.get("kind", default) if isinstance(v, dict) else getattr(v, "kind", default)
+
+    union = Annotated[Union[tuple(variants)], Discriminator(kind)]
+    if as_name:
+        return Annotated[union, BeforeValidator(lambda v: {"kind": v} if isinstance(v, str) else v)]
+    return union
+
+
+def _optional(f: FieldInfo) -> tuple[Any, Any]:
+    """The same setting, optional (None: not given here): an arm's override of defaults.levers."""
+    ann = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+    return Optional[ann], Field(None, description=f.description)
+
+
+def _partial(lever) -> type:
+    """A lever's settings with every one optional: what an arm overrides of defaults.levers."""
+    return create_model(f"{lever.name}_partial", __base__=Strict,
+                        **{k: _optional(f) for k, f in user_fields(lever.Settings).items()})
+
+
+def sweepable() -> dict[str, tuple[str, str]]:
+    """Sweep key -> (lever, setting): a flat lever's numeric settings by name, another's as lever.setting."""
+    out = {}
+    for name, lever in LEVERS.items():
+        for k, f in user_fields(lever.Settings).items():
+            ann = str(f.annotation)
+            if "float" in ann or "int" in ann:
+                out[k if lever.flat else f"{name}.{k}"] = (name, k)
+    return out
+
+
+def _levers_fields(arm: bool) -> dict[str, Any]:
+    out = {}
+    for name, lever in LEVERS.items():
+        if lever.flat:
+            for k, f in user_fields(lever.Settings).items():
+                out[k] = _optional(f) if arm else (f.annotation, f)
+        else:
+            out[name] = (Optional[_partial(lever) if arm else lever.Settings], None)
+    return out
+
+
+def _check_sweep(v: dict | None) -> dict | None:
+    keys = sweepable()
+    for k, vals in (v or {}).items():
+        if k not in keys:
+            raise ValueError(f"cannot sweep {k!r} (sweepable: {', '.join(keys)})")
+        if not vals:
+            raise ValueError(f"sweep of {k!r} is empty")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"repeated value in sweep of {k!r}: {vals}")
+        lever, setting = keys[k]
+        for x in vals:
+            try:
+                LEVERS.get(lever).Settings(**{setting: x})
+            except ValueError as e:
+                err = e.errors()[0] if hasattr(e, "errors") else {"msg": str(e), "ctx": {}}
+                if err.get("type") == "greater_than" and err["ctx"].get("gt") == 0:
+                    raise ValueError(f"{k} must be > 0 (got {vals})") from None
+                raise ValueError(f"{k}: {err['msg']} (got {vals})") from None
+    return v
+
+
+_cache: dict = {}
+
+
+def models() -> SimpleNamespace:
+    """The schema's models (Study, Defaults, Arm, Levers, ...) for the plug-ins registered now."""
+    key = tuple(tuple(r.names()) for r in (LEVERS, LOSSES, MODELS, OPTIMIZERS, TASKS))
+    if key in _cache:
+        return _cache[key]
+    Loss = _entry_union(LOSSES, "ce", as_name=True)
+    Levers = create_model("Levers", __base__=Strict, **_levers_fields(arm=False))
+    Defaults = create_model(
+        "Defaults", __base__=DefaultsBase, task=(Task, Task()), model=(_entry_union(MODELS, "mlp"), {"kind": "mlp"}),
+        optimizer=(_entry_union(OPTIMIZERS, "adamw"), {"kind": "adamw"}), loss=(Loss, "ce"), levers=(Levers, Levers()))
+    Arm = create_model("Arm", __base__=ArmBase, loss=(Optional[Loss], None), **_levers_fields(arm=True))
+    Study = create_model("Study", __base__=StudyBase, defaults=(Defaults, Defaults()),
+                         arms=(list[Arm], Field(min_length=1)))
+    _cache[key] = SimpleNamespace(Study=Study, Defaults=Defaults, Arm=Arm, Levers=Levers, Task=Task)
+    return _cache[key]
+
+
+class DefaultsBase(Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+    precision: Literal["float32", "float64"] = "float32"
+    seeds: int | list[int] = 12                # n -> seeds 0..n-1
+    budget: int = Field(20000, gt=0)           # max step of every member (absolute, fork steps included)
+    margin: int = Field(0, ge=0)               # steps trained after t_grok before a member retires
+    # arm: a member trains until every seed of its arm has grokked (+ margin) or the budget, so seed-mean
+    # curves are over all seeds (the paper's runner); member: each retires at its own t_grok (+ margin)
+    retire: Retire = "arm"
+    eval_every: int = Field(25, gt=0)
+    log_every: int = Field(200, gt=0)
+    mem_threshold: float = Field(MEM_THRESHOLD, gt=0, le=1)
+    grok_threshold: float = Field(GROK_THRESHOLD, gt=0, le=1)
+    checkpoint_every: int = Field(2000, gt=0)  # steps between snapshots (resume points) and logging flushes
+    fork: ForkDefaults = ForkDefaults()
+    save: Save = Save()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"needs at least one seed (got {v})")
+        elif not v or len(set(v)) != len(v):
+            raise ValueError(f"needs distinct seeds (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _cadence(self):
+        if self.log_every % self.eval_every:
+            raise ValueError(f"log_every ({self.log_every}) must be a multiple of eval_every "
+                             f"({self.eval_every})")
+        return self
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def cohort(self, p: int, loss, precision: str) -> dict:
+        """What a cohort of one size, loss and precision shares: the engine's CohortConfig keywords."""
+        task = self.task.model_dump()
+        return {**task, "p": p, **entry_kwargs("model", self.model), **entry_kwargs("optimizer", self.optimizer),
+                **entry_kwargs("loss", loss), "precision": precision, "eval_every": self.eval_every,
+                "log_every": self.log_every, "mem_threshold": self.mem_threshold,
+                "grok_threshold": self.grok_threshold}
+
+
+def entry_kwargs(kind: str, value) -> dict:
+    """{kind: name, **settings} of a model, optimizer or loss section (a loss may be a plain name)."""
+    if isinstance(value, str):
+        return {kind: value}
+    d = dict(value) if isinstance(value, dict) else value.model_dump()
+    return {kind: d.pop("kind"), **d}
+
+
+class ArmBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=80)
+    description: str | None = None
+    from_: From | None = Field(None, alias="from")
+    trunk: bool = False                  # trains only up to its children's fork step (shared state)
+    sweep: dict[str, list[float]] | None = None   # one extra arm per value: <name>_<key><value>
+    keep_base: bool = True               # with a sweep: keep the arm itself too
+    precision: Literal["float32", "float64"] | None = None
+    budget: int | None = Field(None, gt=0)
+    margin: int | None = Field(None, ge=0)
+    retire: Retire | None = None
+    role: Role | None = None             # design_role; the arms of a sweep over tau alone: tau_sweep
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v):
+        return _check_sweep(v)
