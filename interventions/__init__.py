@@ -12,13 +12,13 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 def __getattr__(name: str):
-    """The Python API (interventions.api: load_study, run, Result) and `interventions.load(run_id, at="grok")`,
+    """The Python API (interventions.api: load_study, run_study, Result) and `interventions.load(run_id, at="grok")`,
     a trained member as a PyTorch module (engine.checkpoints); imported on first use, so that importing the
     package stays light."""
     if name == "load":
         from interventions.engine.checkpoints import load
         return load
-    if name in ("load_study", "run", "Result"):
+    if name in ("load_study", "run_study", "Result"):   # not `run`: interventions.run is the CLI
         from interventions import api
         return getattr(api, name)
     raise AttributeError(f"module 'interventions' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
     import interventions as iv
     study = iv.load_study("fork_study", preset="smoke", set={"budget": 3000})   # a name, a YAML path or a dict
-    result = iv.run(study)                 # into a new temporary store unless tracking_uri= is given
+    result = iv.run_study(study)           # into a new temporary store unless tracking_uri= is given
     result.members()                       # one row per member run: params and summaries
     result.arms()                          # one row per arm run: seed-median summaries
     result.curves("test/acc")              # long form: arm, seed, step, value
@@ -61,7 +61,7 @@ class Result:
         return make_report(self.experiment, self.uri, out, out / "report.json")
 
 
-def run(study: StudyBase, tracking_uri: str | None = None, experiment: str | None = None, *, device: str = "cpu",
+def run_study(study: StudyBase, tracking_uri: str | None = None, experiment: str | None = None, *, device: str = "cpu",
         fresh: bool = False, progress: bool = False, executor=None) -> Result:
     """Run (or resume, or just read) `study` into `tracking_uri`, by default a new temporary SQLite store
     (its folder is result.folder: delete it when done). Raises what the CLI reports with exit 2 or 1."""

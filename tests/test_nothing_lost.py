@@ -55,7 +55,7 @@ def test_a_tracking_fault_at_the_study_end_is_one_line_and_exit_1_and_the_rerun_
 
 def test_a_slow_tracking_process_delays_the_end_and_loses_nothing(smoke_db, tmp_path):
     db = tmp_path / "mlflow.db"
-    run_smoke(db, faults="tracker.finish_arm=sleep:0.5;tracker.finish_study=sleep:2")
+    run_smoke(db, faults="tracker.finish_arm=sleep:0.2;tracker.finish_study=sleep:1")
     assert state(db)["finished"] and contents(db) == contents(smoke_db)
 
 

@@ -84,7 +84,7 @@ def test_the_plugin_study_resumes_after_sigkill_identically_and_logs_params_and_
 
     from analyses import report
     js = tmp_path / "report.json"
-    assert report.main([EXPERIMENT, "--tracking-uri", f"sqlite:///{reference}", "--out", str(tmp_path / "r"),
+    assert report.main([EXPERIMENT, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "r"),
                         "--json", str(js)]) == 0
     assert "recovery" in js.read_text()
 
@@ -250,6 +250,6 @@ def test_a_snapshot_names_the_plugin_it_needs_and_loading_without_it_says_so(tmp
     assert state["plugins"] == {"my_plugins": "1.0"} and bool(state["levers"]["grad_ema"]["started"].all())
     assert torch.equal(Cohort.from_state(state).P["E"], c.P["E"])
     monkeypatch.delitem(sys.modules, "my_plugins")
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p) / "my_plugins.py").exists()])
     with pytest.raises(PluginError, match=r"this cohort snapshot needs plug-in my_plugins \(version 1.0\)"):
         Cohort.from_state(state)
