@@ -23,11 +23,13 @@ import pandas as pd
 from analyses.cells import FORK_ROLES, left_out, why_left_out
 
 ANALYSES = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation",
-            "precision"]
+            "precision", "mediator_clamp", "loss_contrast", "accelerators"]   # the last three: analyses.beyond
 MEDIATION_SET = {"recovery", "memorization_control", "mediation"}
 BY_DESIGN = {"mediation": MEDIATION_SET, "transformer": MEDIATION_SET,
              "samestate": MEDIATION_SET | {"fork"}, "fork": MEDIATION_SET | {"fork"},
-             "collapse": {"collapse"}, "dose": {"dose_law"}, "alloc": {"allocation"}, "precision": {"precision"}}
+             "collapse": {"collapse"}, "dose": {"dose_law"}, "alloc": {"allocation"}, "precision": {"precision"},
+             "mediator_clamp": {"mediator_clamp"}, "stablemax": MEDIATION_SET | {"loss_contrast"},
+             "accelerators": {"accelerators"}}
 
 
 def allowed_analyses(cells: pd.DataFrame) -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 DPI = 120
 
 
-def _save(fig, path: Path) -> str:
+def save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -51,7 +51,7 @@ def collapse_figure(res: dict, path: Path) -> str:
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="rho")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def sweep_figure(res: dict, path: Path) -> str:
@@ -76,7 +76,7 @@ def sweep_figure(res: dict, path: Path) -> str:
     realized = f", realized {res['realized_estimate']:.3f}" if res["realized_estimate"] is not None else ""
     ax.set_title(f"recovery, p={res['p']:g} {res['loss']}: interpolated {est}{realized}", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def fork_figure(res: dict, path: Path) -> str:
@@ -96,7 +96,7 @@ def fork_figure(res: dict, path: Path) -> str:
     ax.set_title(f"same-state fork, p={res['p']:g}: raised / same = "
                  f"{ratio:.2f} [{res['ci_low']:.2f}, {res['ci_high']:.2f}]" if ratio else "same-state fork",
                  fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def dose_figure(res: dict, path: Path) -> str:
@@ -107,7 +107,7 @@ def dose_figure(res: dict, path: Path) -> str:
     _log_fit(ax, x, np.exp(res["c"] + res["alpha"] * x), f"ln T = c + {res['alpha']:.3f} W, R$^2$ {res['r2']:.3f}",
              "weight norm W", f"dose law, p={res['p']:g}: n {res['n']}, delta AIC {res['delta_aic']:.2f}")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def curves_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: Path) -> str | None:
@@ -151,7 +151,7 @@ def _save_per_arm(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 EMBEDDING_TIMES = (("fork", "at the fork"), ("grok", "at t_grok"), ("final", "at the end"))
@@ -184,4 +184,4 @@ def embedding_figure(panels: list[tuple[str, dict]], title: str, path: Path, max
             ax.scatter(Y[:, 0], Y[:, 1], c=np.arange(p), cmap="twilight", s=9)
             ax.set_title(f"{label} {words}\nk = {k}, PC1+2 {pca.explained_variance_ratio_.sum():.0%}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

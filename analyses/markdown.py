@@ -6,25 +6,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analyses.beyond import MODULES
 from analyses.mediation import ASSUMPTIONS
+from analyses.tables import est as _est
+from analyses.tables import fmt as _f
+from analyses.tables import table as _table
 from tracking.conventions import GROK_THRESHOLD
-
-
-def _f(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
-
-
-def _est(x, lo, hi, digits: int = 3) -> str:
-    """'0.833 [0.818, 0.852]', or 'n/a' when there is no estimate."""
-    return "n/a" if x is None else f"{_f(x, digits)} [{_f(lo, digits)}, {_f(hi, digits)}]"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 CONVENTIONS = f"""## Conventions
@@ -60,7 +47,7 @@ def markdown(experiment: str, uri: str, cells: pd.DataFrame, results: dict, note
            f"Designs found: {', '.join(results) if results else 'none'}.",
            "Retirement: " + ("; ".join(how.get(r, r) for r in retire) if retire else "not recorded") + ".", ""]
     for design in results:
-        out += SECTIONS[design](results[design]) + [""]
+        out += (SECTIONS[design] if design in SECTIONS else MODULES[design].markdown)(results[design]) + [""]
         out += [f"![{design}]({Path(p).name})" for p in figs.get(design, [])] + [""]
     for key, title in (("curves", "Accuracy curves per arm"), ("structure", "Fourier structure of the embedding"),
                        ("embedding", "The embedding at the fork, at t_grok and at the end (PCA)")):

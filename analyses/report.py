@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyses import figures
+from analyses import beyond, figures
 from analyses.allocation import allocation_swing
 from analyses.cells import CURVE_KEYS, mean_member_curves, prepare_members, summarize
 from analyses.collapse import collapse_fit
@@ -31,7 +31,8 @@ from analyses.memorization import delay_share
 from analyses.precision import precision_pair
 from analyses.recovery import recovery
 
-ORDER = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation", "precision"]
+ORDER = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation", "precision",
+         *beyond.MODULES]
 
 
 class ReportError(Exception):
@@ -105,6 +106,12 @@ def analyse(members: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict[str, list[
         for s in specs:
             label = s.get("group") or by_cell.at[s["float32"], "group"].replace(" float32", "")
             attempt(design, label, lambda: fn(s))
+    for design, mod in beyond.MODULES.items():
+        if design in allowed:
+            specs, found = mod.find(cells)
+            notes += found
+            for s in specs:
+                attempt(design, s["group"], lambda: mod.compute(members, cells, s))
     explained = {a for a in allowed for n in notes if n.startswith((a, a.replace("_", " ")))}
     if results.get("recovery") and all(r["time"] == "fork_delay" for r in results["recovery"]):
         explained.add("memorization_control")
@@ -149,9 +156,12 @@ def make_figures(results: dict, cells: pd.DataFrame, curves: pd.DataFrame, out: 
     embeddings = embeddings or {}
     makers = {"recovery": figures.sweep_figure, "collapse": figures.collapse_figure,
               "fork": figures.fork_figure, "dose_law": figures.dose_figure}
+    makers.update({name: mod.figure for name, mod in beyond.MODULES.items()})
     for design, fn in makers.items():
         for r in results.get(design, []):
-            figs.setdefault(design, []).append(fn(r, out / f"{design}_{figures.slug(r['group'])}.png"))
+            path = fn(r, out / f"{design}_{figures.slug(r['group'])}.png")
+            if path:
+                figs.setdefault(design, []).append(path)
     for label, g in cells.groupby("group", sort=True):
         path = figures.curves_figure(curves, g, f"accuracy per arm, {label}",
                                      out / f"curves_{figures.slug(label)}.png")

@@ -3,7 +3,8 @@
 A study file names this module (`plugins: [my_plugins]`, the file beside it); importing it registers:
     lever  embed_gain   init: multiply a fresh member's embedding E by `gain`
     lever  logit_cap    logits: soft-cap the logits, z -> cap * tanh(z / cap)
-    lever  grad_ema     grads: g <- g + lamb * h, h <- alpha h + (1 - alpha) g (state h: snapshots, forks)
+    lever  grad_ema     grads: g <- g + lamb * h, h <- alpha h + (1 - alpha) g (state h: snapshots, forks);
+                        the bundled grokfast_ema is this filter grown up (memory for active members only)
     lever  shrink       after_step: multiply every weight matrix by (1 - rate)
     loss   smoothed_ce  cross-entropy against labels smoothed by `eps`
     optimizer clip      a wrapper: clip each member's gradient norm to `max_norm`, then the base optimizer

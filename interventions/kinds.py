@@ -104,8 +104,7 @@ class Lever:
         """Keep rows `keep` (a long tensor) of every per-member tensor (members retired)."""
         self.settings = [self.settings[i] for i in keep.tolist()]
 
-    def state_dict(self) -> dict:
-        """Per-member state, rows in member order (snapshots)."""
+    def state_dict(self) -> dict:   # per-member state, rows in member order (snapshots)
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -115,13 +114,20 @@ class Lever:
         """Member i's state alone (a fork carries it into the arms that fork from it)."""
         return {k: v[i].clone() for k, v in self.state_dict().items()}
 
-    def chunk_end(self, t: int) -> int | None:
-        """A step > t at which the cohort must end a chunk (the lever acts between chunks there), or None."""
+    def chunk_end(self, t: int) -> int | None:   # a step > t that ends a chunk (the lever acts there), or None
         return None
 
     def before_chunk(self, t: int) -> dict[int, dict[str, float]]:
         """At step t, before the next chunk: act, and return {row: {record field: value}} to record."""
         return {}
+
+    def before_eval(self) -> dict:
+        """Before an evaluation: prepare `eval_logits` from the parameters now; returns extra curves
+        {MLflow key: (M,) tensor, NaN for a member without one}."""
+        return {}
+
+    def eval_logits(self, z, rows: slice):   # the logits hook in the evaluation (blocks of all pairs)
+        return self.logits(z, rows)
 
 
 # ================================================================ losses
@@ -148,6 +154,10 @@ class Loss:
     def pair_losses(self, s, y):
         """Per-pair loss (...) of logits s (..., C) with labels y (..., 1), as the evaluation sums it."""
         raise NotImplementedError
+
+    def probs(self, s):
+        """Class probabilities of logits s as the loss computes them (sc_frac: the correct one exactly 1)."""
+        return s.softmax(-1)
 
     def value_and_dlogits(self, z, y, inv_tau):
         """(loss (c,), d loss / d z (c, N, C)) of z * inv_tau, z consumed; None where there is no closed form."""

@@ -15,9 +15,13 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-BUNDLED = ("interventions.levers.clamp", "interventions.levers.tau", "interventions.losses.ce",
+BUNDLED = ("interventions.levers.clamp", "interventions.levers.tau",
+           "interventions.levers.logit_norm", "interventions.losses.ce",
            "interventions.losses.mse", "interventions.optim.adamw", "interventions.tasks.modular",
-           "interventions.tasks.s5", "interventions.models.mlp", "interventions.models.transformer")
+           "interventions.tasks.s5", "interventions.models.mlp", "interventions.models.transformer",
+           "interventions.levers.grokfast", "interventions.levers.init_scale", "interventions.losses.stablemax",
+           "interventions.losses.softmax_precision", "interventions.optim.sgd", "interventions.optim.orthograd",
+           "interventions.models.deep_mlp")
 ENTRY_POINTS = "grokking_interventions.plugins"
 
 

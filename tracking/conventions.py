@@ -26,10 +26,12 @@ from typing import Iterable
 Curve = list[tuple[int, float]]
 
 # An arm's part in its design (param and tag `design_role`), set in the study file; the analyses find
-# designs by these, never by arm names. A sweep over tau adds arms of role tau_sweep.
+# designs by these, never by arm names. A sweep over tau adds arms of role tau_sweep. Beyond the paper:
+# free_L / held_L / dose_L (the mediator clamp: clamp cells with L free, with L held at L*, and at one rho
+# with L* varied), lever_control / lever (an intervention beside the control it is compared with).
 DESIGN_ROLES = ("control", "baseline", "norm_up", "tau_sweep", "logit_matched", "fork_trunk", "fork_free",
                 "fork_same", "fork_raised", "fork_lowered", "collapse_cell", "dose_cell", "alloc_cell",
-                "precision_cell")
+                "precision_cell", "free_L", "held_L", "dose_L", "lever_control", "lever")
 # t_mem / t_grok: the first evaluated step with train accuracy >= MEM_THRESHOLD / test accuracy >= GROK_THRESHOLD
 MEM_THRESHOLD, GROK_THRESHOLD = 0.99, 0.90
 RETIRE = ("arm", "member")  # `retire: arm` (the paper's runner) | `member` (each seed at its own t_grok)

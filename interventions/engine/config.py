@@ -57,8 +57,10 @@ class CohortConfig:
         self._settings = {}
         for kind, S in owners.items():
             # an entry that takes extra settings (an optimizer wrapper: its base's) gets those no other claims
-            mine = [k for k in given if k in S.model_fields or (S.model_config.get("extra") == "allow" and not any(
-                k in T.model_fields for kk, T in owners.items() if kk != kind))]
+            elsewhere = {f for kk, reg in self.REGISTRIES.items() if kk != kind for _, e in reg.items()
+                         for f in e.Settings.model_fields}   # another kind's (d_hidden, bits): never a base's
+            mine = [k for k in given if k in S.model_fields or (S.model_config.get("extra") == "allow"
+                                                                 and k not in elsewhere)]
             try:
                 self._settings[kind] = S(**{k: given[k] for k in mine})
             except ValidationError as e:

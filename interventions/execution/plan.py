@@ -11,7 +11,8 @@ from interventions.engine.backends import choose
 from interventions.engine.cohort import CohortConfig, MemberConfig
 from interventions.engine.task import make_task
 from interventions.execution.jobs import CohortJob, Pause
-from interventions.registry import LEVERS
+from interventions.kinds import Lever
+from interventions.registry import LEVERS, OPTIMIZERS
 from interventions.study.graph import Graph
 from interventions.study.schema import entry_kwargs
 from interventions.vocab import Levers, MemberKey
@@ -22,15 +23,47 @@ def params(graph: Graph, name: str, levers: Levers, fork_step: int | None, w_c_a
     optimizer and budgets, and the params of every lever some arm of the study names (levers.params)."""
     a, st = graph.arms[name], graph.study
     d = st.defaults
-    opt = entry_kwargs("optimizer", d.optimizer)
+    opt = entry_kwargs("optimizer", a.optimizer)
     out = {"arm": name, "p": a.p, "op": d.task.op, "model": d.model.kind, "loss": a.loss, "precision": a.precision,
            "optimizer": opt["optimizer"], "train_fraction": d.task.train_fraction, "lr": opt.get("lr"),
            "weight_decay": opt.get("weight_decay"), "budget": a.budget, "eval_every": d.eval_every,
            "fork_from": a.parent, "fork_step": fork_step, "design": st.design, "design_role": a.role or None,
-           "retire": a.retire, "w_c_at_grok": w_c_at_grok, **{f"loss.{k}": v for k, v in a.loss_settings.items()}}
+           "retire": a.retire, "w_c_at_grok": w_c_at_grok}
+    # every loss setting any arm has (None where this arm's loss has none); the optimizer's where arms differ
+    arms = graph.arms.values()
+    out.update({f"loss.{k}": a.loss_settings.get(k) for b in arms for k in b.loss_settings})
+    if any(b.optimizer != a.optimizer for b in arms):
+        out.update({f"optimizer.{k}": opt.get(k) for b in arms for k in entry_kwargs("optimizer", b.optimizer)
+                    if k not in ("optimizer", "lr", "weight_decay")})
     for n in graph.levers_used():
         out.update(LEVERS.get(n).params(levers.settings(n)))
     return out
+
+
+def fork_carry(graph: Graph, name: str) -> dict[str, str]:
+    """What a forked arm's members take from their parent's (tags `fork.carried`, `fork.dropped`): the
+    parameters; the optimizer buffers both optimizers keep (a buffer only the arm's has starts at zero, the
+    step count carried); the state of a lever active in both arms that keeps per-member state."""
+    a = graph.arms[name]
+    if not a.forked:
+        return {}
+    p = graph.arms[a.parent]
+    buffers = [_state_names(x.optimizer) for x in (p, a)]
+    levers = [{n for n, s in x.levers.items() if s.active() and _keeps_state(n)} for x in (p, a)]
+    carried = ["parameters"] + [b for b in buffers[1] if b in buffers[0]] + sorted(levers[0] & levers[1])
+    dropped = [b for b in buffers[0] if b not in buffers[1]] + sorted(levers[0] - levers[1])
+    dropped += [f"{b} (starts at zero)" for b in buffers[1] if b not in buffers[0]]
+    return {"fork.carried": ", ".join(carried), "fork.dropped": ", ".join(dropped) or "nothing"}
+
+
+def _state_names(optimizer: dict) -> tuple[str, ...]:
+    entry = OPTIMIZERS.get(optimizer["kind"])
+    return entry(entry.Settings(**{k: v for k, v in optimizer.items() if k != "kind"})).state_names
+
+
+def _keeps_state(lever: str) -> bool:
+    cls = LEVERS.get(lever)
+    return cls.fork_state and cls.state_dict is not Lever.state_dict
 
 
 def kernels(graph: Graph, name: str, device: str) -> str:

@@ -131,7 +131,8 @@ class Runner:
         for name in runnable:
             prm = self.params(name)
             self.worker.put(self.tracker.open_arm, name, prm, self._description(name, prm),
-                            list(self.g.arms[name].seeds), self._datasets(name), {"kernels": job_kernels})
+                            list(self.g.arms[name].seeds), self._datasets(name),
+                            {"kernels": job_kernels, **plan.fork_carry(self.g, name)})
         return job, runnable, self._bar(runnable, job)
 
     def _finish_group(self, job: CohortJob, runnable: list[str], bar, result: dict) -> None:

@@ -81,16 +81,6 @@ class Clamp(Lever):
 
     # ---- the study side
     @classmethod
-    def start(cls, s: ClampSettings, arm, fork_step: int | None = None) -> int:
-        """First clamped step: t_int if given, else the fork step of a forked arm (its planned `fork_at`
-        until the fork step is known), else 0."""
-        if s.t_int is not None:
-            return s.t_int
-        if arm is not None and arm.forked:
-            return fork_step if fork_step is not None else arm.fork_at
-        return 0
-
-    @classmethod
     def check(cls, s, arm):
         if arm.trunk and s.clamp != "none":
             return "clamp", "a trunk trains free (clamp none); clamp its children"
@@ -116,7 +106,7 @@ class Clamp(Lever):
     def resolve(cls, s, derived, fork_step, arm):
         w_c = derived.get("w_c", s.w_c if s.clamp in ("w_c", "alloc") and not is_derived(s.w_c) else None)
         return ClampSettings(clamp=s.clamp, rho=s.rho, gamma=s.gamma,
-                             t_int=0 if s.clamp == "none" else cls.start(s, arm, fork_step),
+                             t_int=0 if s.clamp == "none" else arm.first_step(s.t_int, fork_step),
                              target=s.target if s.clamp == "absolute" else None, w_c=w_c,
                              alloc_base=derived.get("alloc_base") if s.clamp == "alloc" else None)
 
@@ -131,7 +121,7 @@ class Clamp(Lever):
 
     @classmethod
     def describe(cls, s, arm, fork_step):
-        start = cls.start(s, arm, fork_step)
+        start = arm.first_step(s.t_int, fork_step)
         ref = {"n0": "N0", "w_c": "w_c", "alloc": "w_c"}.get(s.clamp)
         if s.clamp == "none":
             return "free (no clamp)"

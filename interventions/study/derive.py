@@ -1,5 +1,5 @@
-"""Derived settings and each arm's resolved levers: w_c and the logit-matched tau from finished arms'
-results (statistics: tracking.conventions, the ones the analyses score the arms with), the defaults that
+"""Derived settings and each arm's resolved levers: w_c, the logit-matched tau and an arm's L at grok from
+finished arms' results (statistics: tracking.conventions, the ones the analyses score the arms with), the defaults that
 need the fork step (each lever's `resolve`), and `levers`, which the plan hands unchanged to the engine."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tracking import conventions
 
 from interventions.registry import LEVERS
 from interventions.study.graph import ArmNode, Graph
-from interventions.study.types import LogitMatched, NormAtGrok
+from interventions.study.types import LogitAtGrok, LogitMatched, NormAtGrok
 from interventions.vocab import Levers
 
 
@@ -50,6 +50,12 @@ def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
             out[_key(lever, "alloc_base")] = conventions.alloc_base(results)   # an allocation clamp's base
             out["w_c_at_grok"] = conventions.median(r.get("weight_norm_at_grok") for r in results
                                                     if conventions.grokked(r))
+        elif isinstance(spec, LogitAtGrok):
+            ref = a.derive_from[f"{lever}.{setting}"][0]
+            L = _cell_L(done[ref]["summary"])
+            if L is None:
+                raise RuntimeError(f"arm {name}: {key} needs {ref} to grok in a majority of seeds; it did not")
+            out[key], out[f"{key}_source"] = float(L), f"derived:logit_scale_at_grok({ref})"
     return out
 
 

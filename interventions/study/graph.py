@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from interventions.kinds import user_fields
 from interventions.registry import LEVERS
 from interventions.study.schema import StudyBase as Study
+from interventions.study.entries import arm_optimizer
 from interventions.study.schema import entry_kwargs, sweepable
-from interventions.study.types import LogitMatched, NormAtGrok, SpecError
+from interventions.study.types import LogitMatched, SpecError
 from interventions.vocab import ForkPoint
 
 
@@ -29,6 +30,7 @@ class ArmNode:
     levers: dict                  # lever name -> its settings (derived ones still a derivation)
     loss: str                     # the loss (a registered name) and its settings
     loss_settings: dict
+    optimizer: dict               # {kind: a registered optimizer, its settings}: defaults.optimizer or the arm's
     precision: str
     budget: int
     margin: int
@@ -65,6 +67,15 @@ class ArmNode:
     def derived(self) -> list[tuple[str, str]]:
         """(lever, setting) of every setting this arm takes from finished arms."""
         return [(n, k) for n, s in self.levers.items() for k in LEVERS.get(n).derivable(s)]
+
+    def first_step(self, t_int: int | None, fork_step: int | None = None) -> int:
+        """Where a lever that acts from a step (the clamp, logit_norm) starts in this arm: t_int if given, else
+        the fork step of a forked arm (its planned fork_at until the fork step is known), else 0."""
+        if t_int is not None:
+            return t_int
+        if self.forked:
+            return fork_step if fork_step is not None else self.fork_at
+        return 0
 
     def fork_label(self) -> str:
         if not self.forked:
@@ -108,7 +119,7 @@ class Graph:
     def cohort_settings(self, name: str) -> dict:
         """What members must share to train as one batched tensor program (the CohortConfig keywords)."""
         a = self.arms[name]
-        return self.study.defaults.cohort(a.p, {"kind": a.loss, **a.loss_settings}, a.precision)
+        return self.study.defaults.cohort(a.p, {"kind": a.loss, **a.loss_settings}, a.precision, a.optimizer)
 
     def trunk_until(self, name: str) -> int:
         return max(self.arms[c].fork_at for c in self.children(name))
@@ -183,7 +194,7 @@ def build_graph(study: Study) -> Graph:
                     raise SpecError(file, f"{where}.sweep", "needs at least two arms of a tau sweep "
                                     "(an arm that declares a sweep stands for all of its arms)")
                 node.derive_from[f"{lever}.{key}@target"] = [suffix(spec.target, node.p)]
-            elif isinstance(spec, NormAtGrok):
+            else:   # one source arm: NormAtGrok, LogitAtGrok
                 node.derive_from[f"{lever}.{key}"] = [suffix(spec.arm, node.p)]
     graph = Graph(study, arms)          # refuses a cycle first: every check below assumes none
     for node in arms.values():
@@ -235,7 +246,8 @@ def _node(study, arm, over: dict, name: str, path: str, p: int, seeds: list[int]
     loss = entry_kwargs("loss", arm.loss if arm.loss is not None else d.loss)
     node = ArmNode(
         name=name, path=path, p=p, seeds=seeds, levers=_arm_levers(study, arm, over, path),
-        loss=loss.pop("loss"), loss_settings=loss, precision=arm.precision or d.precision,
+        loss=loss.pop("loss"), loss_settings=loss, optimizer=arm_optimizer(study, arm.optimizer, path),
+        precision=arm.precision or d.precision,
         budget=arm.budget or d.budget, margin=arm.margin if arm.margin is not None else d.margin,
         retire=arm.retire or d.retire, role="tau_sweep" if set(over) == {"tau"} else (arm.role or ""),
         trunk=arm.trunk, note=arm.description)
@@ -265,8 +277,7 @@ def _check_fork(study: Study, arms: dict[str, ArmNode], node: ArmNode) -> None:
     if parent.forked and node.fork_at <= parent.fork_at:
         raise SpecError(file, path, f"fork step {node.fork_at} is not after the fork step {parent.fork_at} of the "
                         f"parent arm {parent.name!r}")
-    for key, mine, theirs in (("loss", node.loss, parent.loss), ("precision", node.precision,
-                                                                  parent.precision)):
-        if mine != theirs:
-            raise SpecError(file, f"{node.path}.{key}", f"a fork keeps the parent's {key} "
-                            f"({theirs}); got {mine}")
+    if node.precision != parent.precision:   # a loss or optimizer may change at a fork (engine: what carries)
+        raise SpecError(file, f"{node.path}.precision", f"a fork keeps the parent's precision "
+                        f"({parent.precision}); got {node.precision}")
+

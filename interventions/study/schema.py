@@ -254,10 +254,12 @@ class DefaultsBase(Strict):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
-    def cohort(self, p: int, loss, precision: str) -> dict:
-        """What a cohort of one size, loss and precision shares: the engine's CohortConfig keywords."""
+    def cohort(self, p: int, loss, precision: str, optimizer=None) -> dict:
+        """What a cohort of one size, loss, optimizer (default: this one) and precision shares: the engine's
+        CohortConfig keywords."""
         task = self.task.model_dump()
-        return {**task, "p": p, **entry_kwargs("model", self.model), **entry_kwargs("optimizer", self.optimizer),
+        opt = entry_kwargs("optimizer", self.optimizer if optimizer is None else optimizer)
+        return {**task, "p": p, **entry_kwargs("model", self.model), **opt,
                 **entry_kwargs("loss", loss), "precision": precision, "eval_every": self.eval_every,
                 "log_every": self.log_every, "mem_threshold": self.mem_threshold,
                 "grok_threshold": self.grok_threshold}
@@ -279,6 +281,8 @@ class ArmBase(Strict):
     sweep: dict[str, list[float]] | None = None   # one extra arm per value: <name>_<key><value>
     keep_base: bool = True               # with a sweep: keep the arm itself too
     precision: Literal["float32", "float64"] | None = None
+    # this arm's optimizer: `{kind: ..., <its settings>}` over defaults.optimizer (graph.arm_optimizer)
+    optimizer: dict[str, Any] | None = None
     budget: int | None = Field(None, gt=0)
     margin: int | None = Field(None, ge=0)
     retire: Retire | None = None

@@ -35,19 +35,27 @@ class NormAtGrok(Strict):
     arm: str
 
 
-Derived = Annotated[Union[LogitMatched, NormAtGrok], Field(discriminator="derive")]
+class LogitAtGrok(Strict):
+    """An arm's "L at grok" (tracking.conventions.l_at_grok: its seed-mean logit_scale at its median t_grok),
+    the target of a mediator clamp (levers/logit_norm.py)."""
+    derive: Literal["logit_scale_at_grok"]
+    arm: str
+
+
+Derived = Annotated[Union[LogitMatched, NormAtGrok, LogitAtGrok], Field(discriminator="derive")]
+DERIVED = (LogitMatched, NormAtGrok, LogitAtGrok)
 
 
 def _number_or_derived(v: Any) -> str:
-    return "derived" if isinstance(v, (dict, LogitMatched, NormAtGrok)) else "number"
+    return "derived" if isinstance(v, (dict, *DERIVED)) else "number"
 
 
 PositiveOrDerived = Annotated[
     Union[Annotated[float, Field(gt=0), Tag("number")], Annotated[Derived, Tag("derived")]],
     Discriminator(_number_or_derived)]
-UNION_TAGS = {"number", "derived", "logit_matched", "median_norm_at_grok"}
+UNION_TAGS = {"number", "derived", "logit_matched", "median_norm_at_grok", "logit_scale_at_grok"}
 
 
 def is_derived(value: Any) -> bool:
     """A setting given as a derivation (resolved from finished arms by a graph edge), not a number."""
-    return isinstance(value, (LogitMatched, NormAtGrok))
+    return isinstance(value, DERIVED)

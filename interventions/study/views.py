@@ -16,6 +16,11 @@ def describe(graph: Graph, name: str, fork_step: int | None = None) -> str:
     a = graph.arms[name]
     said = [(n, p) for n in LEVERS.in_order(a.levers) if (p := LEVERS.get(n).describe(a.levers[n], a, fork_step))]
     phrases = [p for _, p in said]
+    d = graph.study.defaults
+    if {"loss": a.loss, **a.loss_settings} != entry_kwargs("loss", d.loss):   # what the arm changes
+        phrases.append(f"loss {_entry('loss', {'kind': a.loss, **a.loss_settings})}")
+    if a.optimizer != d.optimizer.model_dump():
+        phrases.append(f"optimizer {_entry('optimizer', a.optimizer)}")
     if a.trunk:
         kids = ", ".join(graph.children(name))
         at = graph.trunk_until(name)

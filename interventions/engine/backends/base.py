@@ -37,10 +37,11 @@ SUMS = ("train_hit", "test_hit", "lsum", "train_loss", "test_loss", "sc", "sat")
 EVAL_BLOCK = 1 << 21
 
 
-def softmax_collapse(s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_collapse(s: torch.Tensor, y: torch.Tensor, probs=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(collapsed, saturated) per row of post-lever logits s (..., C) with labels y (..., 1): the correct-class
-    probability is exactly 1 in working precision (sc_frac counts these), the largest exceeds 0.999."""
-    prob = torch.softmax(s, -1)
+    probability is exactly 1 in the loss's precision (sc_frac counts these), the largest exceeds 0.999.
+    probs: the loss's probabilities (Loss.probs; default the softmax in working precision)."""
+    prob = torch.softmax(s, -1) if probs is None else probs(s)
     return prob.gather(-1, y).squeeze(-1) == 1.0, prob.amax(-1) > 0.999
 
 
@@ -161,6 +162,9 @@ class Backend:
         with max probability > 0.999), and the Fourier structure where the task is cyclic.
         """
         sums = {k: torch.zeros(len(c.members), dtype=torch.float64, device=c.device) for k in SUMS}
+        extra = {}
+        for lv in c.levers.values():
+            extra.update(lv.before_eval())
         self.workers.map(self._evaluator(c, full, sums), self.batches)
         n_train = c.train_idx.shape[1]
         n_test = c.task.n_pairs - n_train
@@ -169,6 +173,7 @@ class Backend:
                "norm/total": sq.sum(1).sqrt(), "logit/scale": sums["lsum"] / c.task.n_pairs}
         for j, n in enumerate(c.matrices):
             out[f"norm/{n}"] = sq[:, j].sqrt()
+        out.update({k: v.double() for k, v in extra.items()})
         if full:
             out.update({"train/loss": sums["train_loss"] / n_train, "test/loss": sums["test_loss"] / n_test,
                         "softmax/collapse": sums["sc"] / n_train, "softmax/saturated": sums["sat"] / n_train})
@@ -193,7 +198,7 @@ class Backend:
                 rows = slice(a0, min(V, a0 + r))
                 s = c.model.grid_logits(Pc, rows, T, ws)  # (n, r * V, C)
                 for lv in logit_levers:
-                    s = lv.logits(s, sl)
+                    s = lv.eval_logits(s, sl)
                 pairs = slice(rows.start * V, rows.stop * V)
                 y = c.labels[pairs].view(1, -1, 1).expand(n, -1, 1)
                 tm, vm = c.train_mask[sl, pairs], c.test_mask[sl, pairs]
@@ -206,7 +211,7 @@ class Backend:
                 per = c.loss.pair_losses(s, y)
                 sums["train_loss"][sl] += torch.where(tm, per, 0.0).sum(1)
                 sums["test_loss"][sl] += torch.where(vm, per, 0.0).sum(1)
-                collapsed, saturated = softmax_collapse(s, y)
+                collapsed, saturated = softmax_collapse(s, y, c.loss.probs)
                 sums["sc"][sl] += (collapsed & tm).sum(1)
                 sums["sat"][sl] += (saturated & tm).sum(1)
         return work
