@@ -4,6 +4,7 @@
 # and reuse what an earlier call installed.
 #   make run [STUDY=mediation] [ARGS="--preset smoke"]   python -m interventions.run $(STUDY) $(ARGS)
 #   make test [ARGS=-x]                                  the test suite (installs chromium for the UI test)
+#   make docs                                            the documentation site into site/ (warnings are errors)
 #   make lock                                            refresh constraints.txt from a fresh environment
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ TORCH := torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: run test lock browser
+.PHONY: run test docs lock browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +29,14 @@ $(VENV)/.test: $(VENV)/.run
 	$(PIP) -e ".[test]"
 	touch $@
 
+$(VENV)/.docs: $(VENV)/.run
+	$(PIP) -e ".[docs]"
+	touch $@
+
 run: $(VENV)/.run
 	$(PY) -m interventions.run $(STUDY) $(ARGS)
 
-# the browser test drives Debian's headless Chromium (README, "Compare arms in the MLflow UI")
+# the browser test drives Debian's headless Chromium (docs/ui.md)
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -44,6 +49,10 @@ browser:
 
 test: $(VENV)/.test browser
 	$(PY) -m pytest -q $(ARGS)
+
+# the reference pages are generated from the code as it builds (docs/_gen/hooks.py)
+docs: $(VENV)/.docs
+	$(PY) -m mkdocs build --strict
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -9,14 +9,20 @@ T = the delay from the fork for forked cells, t_grok from init.
 - Change in T: median T (lever) - median T (control); 95% interval from a paired bootstrap over seeds
   (cells.bootstrap_medians: 4000 resamples, default_rng(0)).
 - Mediation through L, seed-paired: over every member of the part (forked or from init) that grokked,
-  OLS ln T = seed effects + b ln L (L = its logit scale at grok): b is how ln T moves with ln L across
-  arms. Per lever, over the seeds grokked in both arms: total = mean (ln T_lever - ln T_control), through L
+  OLS ln T = arm effects + seed effects + b ln L (L = its logit scale at grok; the product-of-coefficients
+  model: the arm effects take up each lever's own route, so b is how ln T moves with ln L between seeds of
+  one arm, beyond what the seed shares across arms). Per lever, over the seeds grokked in both arms: total = mean (ln T_lever - ln T_control), through L
   = b x mean (ln L_lever - ln L_control), proportion mediated = through L / total. Intervals: 2000
-  resamples of whole seeds (default_rng(0)), b refitted in each. A lever whose total's interval excludes 0
-  while the part through L's contains it does not act through L; one whose total's interval contains 0
-  has no effect on the delay this design can tell.
+  resamples of whole seeds (default_rng(0)), b refitted in each. b is fitted over the cells that train with
+  the controls' loss: a lever that changes the loss (StableMax) has its L on that loss's own scale, so it
+  gets its total effect only.
+- Route (`route`), from the intervals: total's contains 0: no effect this design can tell; through L's
+  contains 0: not through L; else by the proportion's interval: >= 0.5 mostly through L, < 0.5 mostly
+  outside L, across 0.5 partly; above 1 through L more than its whole effect (another route opposes it).
+  Where the lever's or the control's cell has no grokking majority, the grokked seeds of each are named.
 Assumes what the paper's mediation does (ASSUMPTIONS in mediation.py), and that one ln L -> ln T slope holds
-across levers: a lever with its own route to the delay shows as a proportion far from 1.
+in every arm. L at grok is read at t_grok, so a seed that groks later has had longer to grow L: b carries
+that too, and the part through L is an association, not an intervention on L (study mediator_clamp holds L).
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ N_BOOT, N_BOOT_MEDIATION = 4000, 2000
 SEED = 0
 SETTINGS = ("loss", "optimizer")   # besides every `<lever>.<setting>`, `loss.*` and `optimizer.*` param
 INTERNAL = ("on", "target_source")  # params that record how a setting came about, not what it is
+NOT_L = ("acts on the delay; no part through L", "acts mostly outside L")
 
 
 def find(cells: pd.DataFrame) -> tuple[list[dict], list[str]]:
@@ -83,29 +90,30 @@ def _ln(members: pd.DataFrame, cells: list[str], column: str) -> np.ndarray:
 
 
 def _fit_b(lnT: np.ndarray, lnL: np.ndarray) -> float:
-    """Slope of ln T on ln L with seed effects (cells x seeds arrays; NaN: not grokked), by within-seed
-    demeaning."""
+    """Slope of ln T on ln L with arm and seed effects (cells x seeds arrays; NaN: not grokked): the
+    product-of-coefficients mediation model, whose arm effects take up each lever's own route to T."""
     ok = np.isfinite(lnT) & np.isfinite(lnL)
-    n = ok.sum(0)
-    T = np.where(ok, lnT, 0.0)
-    L = np.where(ok, lnL, 0.0)
-    with np.errstate(all="ignore"):
-        Tc = np.where(ok, T - T.sum(0) / n, 0.0)
-        Lc = np.where(ok, L - L.sum(0) / n, 0.0)
-    var = float((Lc * Lc).sum())
-    return float((Lc * Tc).sum() / var) if var > 0 else np.nan
+    cell, seed = np.nonzero(ok)
+    if len(cell) < 3:
+        return np.nan
+    D = np.concatenate([np.eye(lnT.shape[0])[cell], np.eye(lnT.shape[1])[seed][:, 1:]], axis=1)
+    resid = lambda v: v - D @ np.linalg.lstsq(D, v, rcond=None)[0]
+    rT, rL = resid(lnT[ok]), resid(lnL[ok])
+    var = float(rL @ rL)
+    return float(rL @ rT / var) if var > 1e-12 * len(rL) else np.nan
 
 
-def _effects(lnT, lnL, pairs: list[tuple[int, int]]) -> np.ndarray:
-    """(levers, 3): total, through L, proportion mediated (index pairs into the cells axis)."""
-    b = _fit_b(lnT, lnL)
+def _effects(lnT, lnL, pairs: list[tuple[int, int]], fit: list[int]) -> np.ndarray:
+    """(levers, 3): total, through L, proportion mediated (index pairs into the cells axis; b fitted over the
+    cells `fit`, a lever outside them gets its total only)."""
+    b = _fit_b(lnT[fit], lnL[fit])
     out = np.full((len(pairs), 3), np.nan)
     with np.errstate(all="ignore"):
         for k, (c, lv) in enumerate(pairs):
             dT, dL = lnT[lv] - lnT[c], lnL[lv] - lnL[c]
             ok = np.isfinite(dT) & np.isfinite(dL)
             if ok.any():
-                total, through = dT[ok].mean(), b * dL[ok].mean()
+                total, through = dT[ok].mean(), b * dL[ok].mean() if lv in fit else np.nan
                 out[k] = total, through, through / total if total else np.nan
     return out
 
@@ -124,9 +132,11 @@ def compute(members: pd.DataFrame, cells: pd.DataFrame, spec: dict, n_boot: int 
         boot = bootstrap_medians(values, n_boot, seed)
         lnT, lnL = _ln(members, ids, time), _ln(members, ids, "logit_scale_at_grok")
         idx = [(ids.index(a), ids.index(b)) for a, b in pairs]
-        point = _effects(lnT, lnL, idx)
+        losses = {c.at[a, "loss"] for a, _ in pairs}
+        fit = [i for i, x in enumerate(ids) if c.at[x, "loss"] in losses]
+        point = _effects(lnT, lnL, idx, fit)
         draws = np.random.default_rng(seed).integers(0, lnT.shape[1], (n_boot_mediation, lnT.shape[1]))
-        boots = np.stack([_effects(lnT[:, d], lnL[:, d], idx) for d in draws])
+        boots = np.stack([_effects(lnT[:, d], lnL[:, d], idx, fit) for d in draws])
         rows = []
         for k, (ctrl, lv) in enumerate(pairs):
             i, j = idx[k]
@@ -137,9 +147,11 @@ def compute(members: pd.DataFrame, cells: pd.DataFrame, spec: dict, n_boot: int 
                          "change_ci": list(map(num, percentile_ci(boot[j] - boot[i]))),
                          "L_control": num(c.at[ctrl, "L"]), "L": num(c.at[lv, "L"]),
                          "total": num(point[k, 0]), "total_ci": ci[0], "through_L": num(point[k, 1]),
-                         "through_L_ci": ci[1], "prop_mediated": num(point[k, 2]), "prop_ci": ci[2]})
+                         "through_L_ci": ci[1], "prop_mediated": num(point[k, 2]), "prop_ci": ci[2],
+                         "same_loss": j in fit, "grokked": _grokked(c.loc[lv]), "grokked_control": _grokked(c.loc[ctrl]),
+                         "majority": bool(c.at[lv, "majority"]), "majority_control": bool(c.at[ctrl, "majority"])})
             rows[-1]["route"] = route(rows[-1])
-        parts.append({"start": "fork" if forked else "init", "time": time, "b": num(_fit_b(lnT, lnL)),
+        parts.append({"start": "fork" if forked else "init", "time": time, "b": num(_fit_b(lnT[fit], lnL[fit])),
                       "n_seeds": int(len(seeds)), "levers": rows,
                       "left_out": left_out(c.loc[ids], c.loc[ids][c.loc[ids, "majority"]])})
     first = c.loc[spec["pairs"][0][1]]
@@ -147,15 +159,34 @@ def compute(members: pd.DataFrame, cells: pd.DataFrame, spec: dict, n_boot: int 
             "left_out": [x for p in parts for x in p["left_out"]]}
 
 
+def _grokked(cell: pd.Series) -> str:
+    return f"{int(cell['n_grokked'])}/{int(cell['n_seeds'])}"
+
+
 def route(r: dict) -> str:
-    (tlo, thi), (llo, lhi) = r["total_ci"], r["through_L_ci"]
+    """The lever's route to the delay, in words, from its intervals (module docstring)."""
+    (tlo, thi), (llo, lhi), (plo, phi) = r["total_ci"], r["through_L_ci"], r["prop_ci"]
+    seeds = f"{r['grokked']} against {r['grokked_control']} seeds grokked"
+    if r["majority"] and not r["majority_control"]:
+        return f"groks where its control does not ({seeds})"
+    if not r["majority"] and r["majority_control"]:
+        return f"stops grokking where its control groks ({seeds})"
     if tlo is None:
-        return "not estimable (too few seeds grokked in both arms)"
+        return f"not estimable ({seeds})"
     if tlo <= 0 <= thi:
         return "no effect on the delay that the interval can tell from none"
-    if llo is not None and llo <= 0 <= lhi:
-        return "acts on the delay, not through L"
-    return f"acts through L (proportion mediated {est(r['prop_mediated'], *r['prop_ci'], 2)})"
+    if not r["same_loss"]:
+        return "changes the loss, whose L is on its own scale: total effect only"
+    if llo is None or llo <= 0 <= lhi:
+        return "acts on the delay; no part through L that the interval can tell from none"
+    share = f"proportion mediated {est(r['prop_mediated'], plo, phi, 2)}"
+    if plo > 1:
+        return f"through L more than its whole effect: another route opposes it ({share})"
+    if plo >= 0.5:
+        return f"acts mostly through L ({share})"
+    if phi < 0.5:
+        return f"acts mostly outside L ({share})"
+    return f"acts partly through L ({share})"
 
 
 def markdown(rows: list[dict]) -> list[str]:
@@ -163,7 +194,7 @@ def markdown(rows: list[dict]) -> list[str]:
     for r in rows:
         for part in r["parts"]:
             what = "median delay from the fork" if part["time"] == "fork_delay" else "median t_grok"
-            out += [f"{r['group']}, from the {part['start']} (T = {what}; ln T on ln L across arms, seed "
+            out += [f"{r['group']}, from the {part['start']} (T = {what}; ln T on ln L with arm and seed "
                     f"effects: b = {fmt(part['b'])}; {part['n_seeds']} paired seeds):", "",
                     table(["arm", "what it changes", "wd", "T (control)", "change in T [95% CI]", "L at grok (control)",
                            "total on ln T [95% CI]", "through L [95% CI]", "route"],
@@ -171,7 +202,7 @@ def markdown(rows: list[dict]) -> list[str]:
                             est(x["change"], *x["change_ci"], 0), f"{fmt(x['L'], 2)} ({fmt(x['L_control'], 2)})",
                             est(x["total"], *x["total_ci"], 2), est(x["through_L"], *x["through_L_ci"], 2), x["route"]]
                            for x in part["levers"]]), ""]
-        not_L = [x["arm"] for p in r["parts"] for x in p["levers"] if x["route"].startswith("acts on the delay, not")]
+        not_L = [x["arm"] for p in r["parts"] for x in p["levers"] if x["route"].startswith(NOT_L)]
         if not_L:
             out += [f"Levers whose effect does not run through L: {', '.join(not_L)}.", ""]
     return out
@@ -185,7 +216,8 @@ def figure(r: dict, path) -> str | None:
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(rows) + 1.5))
     y = np.arange(len(rows))
     ax.barh(y + 0.2, [x["total"] for x in rows], 0.38, label="total effect on ln T", color="tab:grey")
-    ax.barh(y - 0.2, [x["through_L"] for x in rows], 0.38, label="through L", color="tab:blue")
+    ax.barh(y - 0.2, [np.nan if x["through_L"] is None else x["through_L"] for x in rows], 0.38, label="through L",
+            color="tab:blue")   # none for a lever that changes the loss
     ax.set_yticks(y, [x["arm"] for x in rows], fontsize=7)
     ax.axvline(0, color="k", lw=0.6)
     ax.set(xlabel="effect on ln T (vs control)", title=f"levers and their route through L, {r['group']}")

@@ -30,7 +30,7 @@ NUMERIC = ["p", "rho", "tau", "gamma", "seed", "fork_step", "t_int", "w_c", "wei
 TEXT = ["arm", "study", "loss", "model", "precision", "clamp", "design", "tau_source", "design_role", "retire"]
 DEFAULTS = {"tau": 1.0, "gamma": 0.0}
 UNCLAMPED = {"", "none", "free", "nan", "alloc"}
-# the same-state fork's arms by design_role, and the names the report and its JSON give them (DESIGN.md)
+# the same-state fork's arms by design_role, and the names the report and its JSON give them (docs/statistics.md)
 FORK_ROLES = {"fork_lowered": "clamp_lowered", "fork_free": "free", "fork_same": "clamp_same",
               "fork_raised": "clamp_raised"}
 FORK_ARMS = tuple(FORK_ROLES.values())

@@ -19,7 +19,7 @@ def ols(y: np.ndarray, X: np.ndarray):
 
 
 def collapse_fit(cells: pd.DataFrame) -> dict:
-    """Fit the three regressions on `cells` (columns t_grok, L, rho); returns DESIGN.md's collapse fields."""
+    """Fit the three regressions on `cells` (columns t_grok, L, rho); returns the collapse fields (docs/statistics.md)."""
     c = cells[cells["majority"] & np.isfinite(cells["L"]) & np.isfinite(cells["t_grok"])]
     y = np.log(c["t_grok"].to_numpy(float))
     L, rho = c["L"].to_numpy(float), c["rho"].to_numpy(float)

@@ -84,7 +84,7 @@ def fit_dose(W: np.ndarray, T: np.ndarray) -> dict:
 
 
 def dose_law(cells: pd.DataFrame) -> dict:
-    """Dose law on one dose series (clamp cells of one p, tau 1); DESIGN.md's dose_law fields and more."""
+    """Dose law on one dose series (clamp cells of one p, tau 1); the dose law's fields (docs/statistics.md) and more."""
     kept, out_cells = dose_cells(cells)
     first = cells.iloc[0]
     out = {"p": num(first["p"]), "loss": first["loss"], "model": first["model"]}

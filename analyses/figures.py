@@ -127,7 +127,7 @@ def curves_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: P
 
 
 def structure_figure(curves: pd.DataFrame, cells: pd.DataFrame, title: str, path: Path) -> str | None:
-    """Seed-mean `repr/fourier_top5` (PAPER.md `structure`) per arm, a dot at the arm's median t_grok: the
+    """Seed-mean `repr/fourier_top5` (`structure`, docs/statistics.md) per arm, a dot at the arm's median t_grok: the
     Fourier circuit forming around grokking. None when no arm logged it."""
     st = curves[(curves["key"] == "repr/fourier_top5") & curves["run_id"].isin(cells["cell"])]
     if st.empty:

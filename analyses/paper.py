@@ -1,5 +1,5 @@
-"""`python -m analyses.report paper`: one report over the paper's experiments, three numbers per figure of
-PAPER.md: the value the paper prints, the value computed from its published data (the importer's
+"""`python -m analyses.report paper`: one report over the paper's experiments, three numbers per figure the
+paper prints (docs/reproduction.md): the value the paper prints, the value computed from its published data (the importer's
 `paper/<folder>` experiments) and the value from fresh runs (the `paper` suite's experiments, found by
 name: `<study>-paper` and `<study>-paper_mse`, or `<study>` and `mediation-default_mse` for `--preset
 default`), each with its relative difference from the printed value."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 # (quantity, printed value (None: not reached), design, where (row filter), field; "a/b" nests,
-# "sweep[tau=1.3]/T" picks the list item with tau 1.3). PAPER.md, "Published figures" and "More".
+# "sweep[tau=1.3]/T" picks the list item with tau 1.3). The paper's tables (docs/reproduction.md).
 CE, MLP = {"p": 59, "loss": "ce", "model": "mlp", "time": "t_grok"}, {"p": 59, "model": "mlp"}
 MSE = {"p": 59, "loss": "mse", "model": "mlp", "time": "t_grok"}
 TF = {"p": 59, "model": "transformer_noln", "time": "t_grok"}

@@ -60,7 +60,7 @@ def recovery(members: pd.DataFrame, cells: pd.DataFrame, base: str, up: str, swe
     """Recovery fraction with its paired bootstrap CI; `sweep` lists the norm-up cells (tau 1 included).
 
     `time` is the cell column the T's are taken from ('t_grok', or 'fork_delay' in a fork design).
-    Returns the DESIGN.md fields plus the sweep, the bracket and the realized (logit-matched) recovery.
+    Returns the fields docs/statistics.md lists plus the sweep, the bracket and the realized (logit-matched) recovery.
     """
     c = cells.set_index("cell")
     T = c[time]

@@ -3,7 +3,7 @@
     python -m benchmarks.fidelity [--cells base,up,up_tau1.7] [--seeds 12] [--json PATH] [--resume PATH]
 
 p=59 MLP, CE, float32, 12 seeds, clamp weight_norm at rho x 54.49 (w_c) from t_int 500, all cells in
-one cohort (members retire when they grok). Targets (PAPER.md): base (rho 1, tau 1) median t_grok 3675
+one cohort (members retire when they grok). Targets (docs/reproduction.md): base (rho 1, tau 1) median t_grok 3675
 +-15% and median t_mem in [150, 250]; up (rho 1.15, tau 1) 12600 +-20%; up_tau1.7 (rho 1.15, tau 1.7)
 3450 +-20%. Minutes to an hour on a 2-core CPU; --resume PATH checkpoints there every 1000 steps and
 continues from it when rerun.

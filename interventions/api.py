@@ -56,7 +56,7 @@ class Result:
 
     def report(self, out: str | Path | None = None) -> dict:
         """analyses.report on this experiment: {"results": {design: rows}, "notes": [...], "files": [...]}."""
-        from analyses.report import make_report   # the one place interventions reads analyses (DESIGN.md)
+        from analyses.report import make_report   # the one place interventions reads analyses (docs/extending.md)
         out = Path(out) if out is not None else self.folder / "report"
         return make_report(self.experiment, self.uri, out, out / "report.json")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from interventions.registry import OPTIMIZERS
 
@@ -189,7 +189,7 @@ class Optimizer:
 
 class WrapperSettings(OptimizerSettings):
     model_config = ConfigDict(extra="allow", frozen=True)   # the base optimizer's settings ride along
-    base: str = "adamw"
+    base: str = Field("adamw", description="the registered optimizer whose step follows; its settings sit beside")
 
     @model_validator(mode="after")
     def _base(self):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from analyses import report
+from analyses import accelerators, report
 from benchmarks.netns import store_contents
 from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
 from interventions.execution.studies import run_study
@@ -108,6 +108,8 @@ def test_the_smoke_preset_trains_and_the_report_computes_its_section(smoke):
         assert forked["grokfast"]["changed"] == "grokfast_ema (alpha 0.98, lamb 2)"
         assert {x["control"] for x in parts["init"]["levers"]} == {"init_free"}
         assert all(x["route"] for p in row["parts"] for x in p["levers"])
+        # StableMax's L is on its own scale: no part of its effect is put through the CE arms' slope
+        assert forked["stablemax"]["through_L"] is None and not forked["stablemax"]["same_loss"]
 
 
 @pytest.mark.parametrize("smoke", ["mediator_clamp"], indirect=True)
@@ -183,3 +185,26 @@ def test_a_snapshot_of_a_forked_cohort_with_grokfast_state_resumes_bit_identical
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.curves(("more", 1)) == whole.curves(("more", 1))
     assert not torch.equal(whole.P["E"][0], whole.P["E"][2])      # the two arms did train apart
+
+
+def lever_row(total, through, prop, same_loss=True, majority=(True, True), grokked=("8/8", "8/8")):
+    return {"total_ci": total, "through_L_ci": through, "prop_ci": prop, "prop_mediated": sum(prop) / 2
+            if prop[0] is not None else None, "same_loss": same_loss, "majority": majority[0],
+            "majority_control": majority[1], "grokked": grokked[0], "grokked_control": grokked[1]}
+
+
+@pytest.mark.parametrize("row, said", [
+    (lever_row([0.1, 0.3], [0.08, 0.2], [0.6, 0.9]), "acts mostly through L (proportion mediated"),
+    (lever_row([-2.5, -2.1], [-0.12, -0.08], [0.03, 0.05]), "acts mostly outside L"),
+    (lever_row([0.06, 0.1], [0.04, 0.06], [0.46, 0.78]), "acts partly through L"),
+    (lever_row([0.5, 0.8], [1.3, 1.5], [1.9, 2.7]), "through L more than its whole effect"),
+    (lever_row([0.5, 0.8], [-0.1, 0.2], [-0.2, 0.4]), "acts on the delay; no part through L"),
+    (lever_row([-0.1, 0.3], [0.0, 0.1], [0.1, 0.9]), "no effect on the delay that the interval can tell"),
+    (lever_row([0.5, 0.8], [None, None], [None, None], same_loss=False), "changes the loss"),
+    (lever_row([None, None], [None, None], [None, None], majority=(True, False), grokked=("8/8", "0/8")),
+     "groks where its control does not (8/8 against 0/8 seeds grokked)"),
+    (lever_row([None, None], [None, None], [None, None], majority=(False, False), grokked=("1/8", "0/8")),
+     "not estimable (1/8 against 0/8 seeds grokked)"),
+])
+def test_a_levers_route_to_the_delay_is_read_off_its_intervals(row, said):
+    assert accelerators.route(row).startswith(said)

@@ -51,6 +51,26 @@ def test_the_fork_state_is_the_trunk_state_every_arm_started_from(saved):
         interventions.load(runs["trunk seed=1"].info.run_id, at="fork", tracking_uri=uri)
 
 
+def test_a_local_fork_snapshot_loaded_with_seed_is_that_seeds_member(saved, fork_smoke):
+    """README: `interventions.load("mlruns/snapshots/<experiment>/forks/trunk@...pt", seed=3)`. The file holds
+    every seed's state at the fork point; seed= picks one: the trunk member of that seed as it ended (its
+    own final checkpoint, written from the cohort), not another seed's."""
+    from interventions.execution.persist import snapshot_dir
+    uri, client, runs = saved
+    (path,) = (snapshot_dir(uri, fork_smoke.experiment) / "forks").glob("trunk@*.pt")
+    step = int(runs["free seed=1"].data.params["fork_step"])
+    m0, m1 = interventions.load(path, seed=0), interventions.load(path, seed=1)
+    assert (m1.arm, m1.seed, m1.step) == ("trunk", 1, step) and (m0.seed, m0.step) == (0, step)
+    own = interventions.load(runs["trunk seed=1"].info.run_id, at="final", tracking_uri=uri)
+    assert own.step == step and torch.equal(m1.train_idx, own.train_idx)
+    assert m1.weights.keys() == own.weights.keys()
+    assert all(torch.equal(m1.weights[k], own.weights[k]) for k in own.weights)
+    assert not any(torch.equal(m0.weights[k], m1.weights[k]) for k in m1.weights)
+    assert not torch.equal(m0.train_idx, m1.train_idx)    # each seed draws its own split
+    with pytest.raises(ValueError, match=r"fork snapshot of seeds \[0, 1\]; pass seed= one of them"):
+        interventions.load(path, seed=2)
+
+
 def test_a_checkpoint_that_was_not_kept_is_one_clear_error(saved):
     uri, client, runs = saved
     trunk = runs["trunk seed=0"]                          # stops at the fork point, before grokking

@@ -87,17 +87,23 @@ def test_step_matches_the_aten_path(kernels, loss, p, precision):
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
-def test_training_follows_the_aten_path(kernels, precision):
-    """Same members trained both ways: the same t_mem and t_grok (within one eval), curves close."""
+def test_training_follows_the_aten_path_to_the_same_t_mem_and_t_grok(kernels, precision):
+    """Same members trained both ways (README, "Kernels": the same t_mem and t_grok): every evaluation
+    counts the same correct train and test pairs on both paths, so t_mem and t_grok are equal, not one
+    evaluation apart. The last-bit differences never move a pair across its argmax here (no evaluation
+    lies within a pair of a threshold either); at paper scale, 24000 steps deep in softmax collapse, they
+    can (the paper-scale fork study: 2 of 12 seeds one evaluation apart)."""
     runs = {}
     for k in ("aten", "native"):
         c = Cohort(CohortConfig(**GROKS, kernels=k, precision=precision), members(2, budget=3000))
         c.run()
-        runs[k] = {r["key"]: r for r in c.results()}
-    for key, ra in runs["aten"].items():
-        rn = runs["native"][key]
-        assert ra["t_grok"] is not None and rn["t_grok"] is not None, key
-        assert abs(rn["t_mem"] - ra["t_mem"]) <= 25 and abs(rn["t_grok"] - ra["t_grok"]) <= 25, (key, ra, rn)
+        runs[k] = {r["key"]: (r, c.evals(r["key"])) for r in c.results()}
+    assert runs["native"].keys() == runs["aten"].keys() and len(runs["aten"]) == 2
+    for key, (ra, evals) in runs["aten"].items():
+        rn, evals_n = runs["native"][key]
+        assert ra["t_mem"] is not None and ra["t_grok"] is not None, key
+        assert (rn["t_mem"], rn["t_grok"]) == (ra["t_mem"], ra["t_grok"]), (key, ra, rn)
+        assert evals_n == evals and len(evals) >= 10, key   # (step, train acc, test acc) at every evaluation
 
 
 @pytest.mark.parametrize("kind", ["native", "aten"])

@@ -34,3 +34,16 @@ def test_the_wheel_carries_everything_and_runs_outside_the_checkout(tmp_path):
                        cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "study transformer" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert not (outside / "mlruns").exists()
+
+
+def test_the_examples_ship_in_the_package_and_copy_out_without_overwriting_edits(tmp_path):
+    from interventions.examples import FILES, copy_to
+    mine = tmp_path / "examples" / "my_plugins.py"
+    mine.parent.mkdir()
+    mine.write_text("# my edits\n")
+    copied = copy_to(tmp_path / "examples")
+    assert sorted(p.name for p in copied) == sorted(set(FILES) - {"my_plugins.py"})
+    assert mine.read_text() == "# my edits\n"
+    assert (ROOT / "examples").resolve() == ROOT / "interventions" / "examples"   # the checkout's link
+    for name in FILES:
+        assert (tmp_path / "examples" / name).exists()

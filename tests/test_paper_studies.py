@@ -2,6 +2,7 @@
 no-LayerNorm transformer): each prints its paper-scale graph, runs its smoke preset in seconds, and the
 report computes its section from those fresh runs."""
 import json
+import statistics
 
 import pytest
 
@@ -42,15 +43,68 @@ def test_the_smoke_preset_trains_and_the_report_computes_its_section(smoke):
     (row,) = res[SECTION[study]] if study != "precision_audit" else res[SECTION[study]][-1:]
     if study == "dose_law":
         assert row["n"] >= 4 and row["alpha"] > 0 and row["delta_aic"] is not None
-    elif study == "allocation":
-        assert len(row["gamma"]) >= 2 and row["swing"] >= 1 and len(row["L"]) == len(row["gamma"])
+    elif study == "allocation":      # its value: test_the_allocation_swing_is_...
+        assert len(row["gamma"]) >= 2 and len(row["L"]) == len(row["gamma"])
     elif study == "precision_audit":     # identical held norms: both precisions hold rho x the float32 w_c
         assert {row["arm_float32"], row["arm_float64"]} == {"f32_rho1.15", "f64_rho1.15"}
         assert arms["f64_rho1.15"]["params"]["w_c"] == arms["f32_rho1.15"]["params"]["w_c"]
         assert arms["f64_rho1.15"]["params"]["precision"] == "float64"
         assert row["t_grok_float32"] is not None and row["t_grok_float64"] is not None
-    else:
+    else:                            # its values: test_the_transformer_smoke_recovery_...
         assert row["T0"] is not None and row["T1"] is not None
+
+
+def grokked_median(arm: dict) -> float | None:
+    """The cell's median t_grok over its grokked seeds when a majority grokked (PAPER.md), from the
+    engine's own member results (not the store or the report's code)."""
+    t = [r["t_grok"] for r in arm["results"] if r["grokked"] and not r["diverged"]]
+    return statistics.median(t) if 2 * len(t) > len(arm["results"]) else None
+
+
+@pytest.mark.parametrize("smoke", ["allocation"], indirect=True)
+def test_the_allocation_swing_is_max_over_min_median_t_grok_and_readout_heavy_cells_grok_late(smoke):
+    """The swing (analyses/allocation.py) is max / min, over the gamma cells that grok in a majority of
+    seeds, of their median t_grok: recomputed here from the members' results, cell by cell in gamma order.
+    The smoke run's sign: norm moved into the readout (gamma > 0) slows grokking; the gamma 0.6 cell does
+    not grok in a majority within the budget, while every cell at gamma <= 0 does."""
+    _, arms, res, _ = smoke
+    (row,) = res["allocation"]
+    cells = {a: v for a, v in arms.items() if v["params"]["design_role"] == "alloc_cell"}
+    assert sorted(v["params"]["gamma"] for v in cells.values()) == [-0.6, -0.3, 0.0, 0.3, 0.6]
+    t = {v["params"]["gamma"]: grokked_median(v) for v in cells.values()}
+    counted = sorted(g for g, m in t.items() if m is not None)
+    assert row["gamma"] == counted and row["t_grok"] == [t[g] for g in counted]
+    assert sorted(row["excluded"]) == sorted(a for a, v in cells.items() if t[v["params"]["gamma"]] is None)
+    assert row["swing"] == pytest.approx(max(row["t_grok"]) / min(row["t_grok"]), rel=1e-12)
+    assert row["swing"] > 1                    # the cells differ: moving norm between layers moves t_grok
+    assert {-0.6, -0.3, 0.0} <= set(counted) and 0.6 not in counted
+
+
+@pytest.mark.parametrize("smoke", ["transformer"], indirect=True)
+def test_the_transformer_smoke_recovery_is_computed_from_its_cells_and_lies_in_0_1(smoke):
+    """The recovery design on the no-LayerNorm transformer (analyses/recovery.py), checked against the
+    engine's member results: T0 and T1 are base's and up's median t_grok, and the norm raised by 1.15
+    delays grokking (T1 > T0); T2 is linear in L at grok between the two sweep cells whose L bracket the
+    baseline's, and recovery = (T1 - T2) / (T1 - T0) lies in [0, 1] because those cells' T lie between
+    T0 and T1 (a temperature takes back part of the norm's delay, here not all of it), inside its CI.
+    The logit-matched arm's derived tau lies strictly between the bracketing sweep taus."""
+    _, arms, res, _ = smoke
+    (row,) = res["recovery"]
+    T0, T1 = grokked_median(arms["base"]), grokked_median(arms["up"])
+    assert (row["T0"], row["T1"]) == (T0, T1) and T1 > T0
+    sweep = sorted(row["sweep"], key=lambda c: c["L"])
+    lo, hi = next((a, b) for a, b in zip(sweep, sweep[1:]) if a["L"] <= row["L_baseline"] <= b["L"])
+    assert row["bracket_tau"] == sorted([lo["tau"], hi["tau"]])
+    for cell in (lo, hi):
+        assert cell["T"] == grokked_median(arms[cell["arm"]]) and T0 <= cell["T"] <= T1, cell
+    T2 = lo["T"] + (row["L_baseline"] - lo["L"]) / (hi["L"] - lo["L"]) * (hi["T"] - lo["T"])
+    assert row["T2_interpolated"] == pytest.approx(T2, rel=1e-9)
+    assert row["estimate"] == pytest.approx((T1 - T2) / (T1 - T0), rel=1e-9)
+    assert 0 <= row["estimate"] <= 1
+    assert row["ci_low"] - 1e-9 <= row["estimate"] <= row["ci_high"] + 1e-9
+    tau = arms["logit_matched"]["params"]["tau"]
+    assert row["bracket_tau"][0] < tau < row["bracket_tau"][1]
+    assert (row["realized_estimate"] is None) == (grokked_median(arms["logit_matched"]) is None)
 
 
 @pytest.mark.parametrize("smoke", ["allocation"], indirect=True)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -80,7 +79,7 @@ def test_the_plugin_study_resumes_after_sigkill_identically_and_logs_params_and_
     assert client.get_run(ctrl).data.tags["kernels"] == "aten"
     tags = MlflowClient(f"sqlite:///{reference}").get_run(runs[runs.role == "study"].run_id.item()).data.tags
     assert tags["plugin.my_plugins.version"] == "1.0" and len(tags["plugin.my_plugins.digest"]) == 16
-    assert tags["plugin.my_plugins.file"] == str(ROOT / "examples" / "my_plugins.py")
+    assert tags["plugin.my_plugins.file"] == str((ROOT / "examples" / "my_plugins.py").resolve())
 
     from analyses import report
     js = tmp_path / "report.json"
@@ -175,18 +174,6 @@ def test_bundled_tasks_are_what_they_say():
     assert all(any(mul(a, b) == e for b in range(n)) for a in range(n))
     assert all(mul(mul(a, b), c) == mul(a, mul(b, c)) for a in range(0, n, 7) for b in range(0, n, 5) for c in range(n))
     assert any(mul(a, b) != mul(b, a) for a in range(n) for b in range(n))
-
-
-def test_the_readme_python_api_example_runs_and_returns_dataframes(tmp_path, monkeypatch):
-    import pandas as pd
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(textwrap.dedent(block), "README.md (Python API)", "exec"), scope)
-    frames = [v for v in scope.values() if isinstance(v, pd.DataFrame)]
-    assert len(frames) >= 3 and all(len(f) for f in frames)
-    assert scope["report"]["results"]
 
 
 def test_a_fast_path_and_the_generic_path_agree_on_values_gradients_and_the_evaluation():

@@ -36,6 +36,8 @@ def renamed(tmp_path_factory):
         if isinstance(arm.get("tau"), dict):
             arm["tau"]["sweep"] = [RENAMES[a] for a in arm["tau"]["sweep"]]
             arm["tau"]["target"] = RENAMES[arm["tau"]["target"]]
+    for preset in doc["presets"].values():   # and the presets' per-arm overrides
+        preset["arms"] = {RENAMES[a]: v for a, v in preset.get("arms", {}).items()}
     (tmp / "renamed.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return run_and_report(str(tmp / "renamed.yaml"), tmp, "renamed")
 

@@ -5,6 +5,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def ctrl_c_as_in_a_terminal() -> None:
 
 def kill_when(db: Path, ready, *extra: str, sig=signal.SIGKILL, timeout: float = 240.0) -> tuple[int, str]:
     """Start the command, send `sig` as soon as ready() is true (checked every 20 ms); (exit status, its
-    stdout + stderr). After SIGKILL its tracking process must end too (README: no orphan writer)."""
+    stdout + stderr). Its tracking process, seen running at that moment, must end with it whatever the
+    signal (README: it dies with its parent; no orphan writer)."""
     log = db.parent / "interrupted.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(command(db, *extra), env=ENV, cwd=db.parent, stdout=out, stderr=subprocess.STDOUT,
@@ -41,17 +43,39 @@ def kill_when(db: Path, ready, *extra: str, sig=signal.SIGKILL, timeout: float =
             assert time.monotonic() - t0 < timeout, "kill point never reached"
             time.sleep(0.02)
         children = netns.descendants(proc.pid)
+        assert tracking_processes(children), f"no tracking process under the study: {log.read_text()[-2000:]}"
         proc.send_signal(sig)
         rc = proc.wait(timeout=120)
-    if sig == signal.SIGKILL:
-        end = time.monotonic() + 20
-        while any(netns.alive(c) for c in children) and time.monotonic() < end:
-            time.sleep(0.1)
-        left = [c for c in children if netns.alive(c)]
-        for c in left:
-            os.kill(c, signal.SIGKILL)
-        assert not left, f"processes {left} outlived their SIGKILLed parent"
+    assert_ended(children, f"after {signal.Signals(sig).name} to the study")
     return rc, log.read_text()
+
+
+def tracking_processes(pids: list[int]) -> list[int]:
+    """Those of `pids` that are a study's tracking process (interventions/execution/tracking_process.py)."""
+    out = []
+    for pid in pids:
+        try:
+            if b"interventions.execution.tracking_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def assert_ended(pids: list[int], when: str, wait: float = 20.0) -> None:
+    """Every one of `pids` (a study's descendants, seen while it ran) ends within `wait` s; any left is
+    SIGKILLed by its id before the test fails."""
+    end = time.monotonic() + wait
+    while any(netns.alive(c) for c in pids) and time.monotonic() < end:
+        time.sleep(0.05)
+    left = [c for c in pids if netns.alive(c)]
+    why = f"processes {left} (tracking: {tracking_processes(left)}) outlived the study {when}"
+    for c in left:
+        try:
+            os.kill(c, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, why
 
 
 def snapshots(db: Path) -> Path:
@@ -136,6 +160,143 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, r
     run_to_end(db)
     assert member_summaries(db) == member_summaries(ref)
     assert store(db)["metrics"] == b["metrics"] and store(db)["dup"] == []
+
+
+# A study small enough that the CLI's own start dominates: a trunk forked at step 50 into two arms
+# trained to 150 (snapshots every 50 steps), on p = 11; arms do not need to grok.
+TINY = """\
+study: tiny
+defaults:
+  task: {p: 11, train_fraction: 0.7}
+  model: {kind: mlp, d_embed: 16, d_hidden: 32}
+  optimizer: {lr: 1.0e-2, weight_decay: 1.0}
+  seeds: 2
+  budget: 150
+  eval_every: 25
+  log_every: 50
+  checkpoint_every: 50
+  fork: {at: 50, when: step}
+arms:
+  - {name: trunk, trunk: true}
+  - {name: free, from: {arm: trunk}}
+  - {name: clamp_same, from: {arm: trunk}, clamp: n0, rho: 1.0}
+"""
+
+
+def tiny(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The tiny study's file in tmp_path and its command into tmp_path/mlflow.db (minus --set items)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    db = tmp_path / "mlflow.db"
+    return db, [sys.executable, "-m", "interventions.run", str(path), "--no-progress", "--tracking-uri",
+                f"sqlite:///{db}"]
+
+
+def watched(cmd: list[str], cwd: Path, *, hold: str | None = None, ctrl_c_when=None) -> tuple[int, str, list[int]]:
+    """Run `cmd` in its own process group, watching its descendants every 20 ms; hold: GROKKING_FAULTS;
+    ctrl_c_when(): once true, SIGINT to the group, as a terminal's Ctrl-C. (exit status, stdout + stderr,
+    the tracking processes seen)."""
+    env = {**ENV, **({"GROKKING_FAULTS": hold} if hold else {})}
+    log, seen = cwd / "watched.log", set()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=ctrl_c_as_in_a_terminal, start_new_session=True)
+        end = time.monotonic() + 240
+        try:
+            while proc.poll() is None and time.monotonic() < end:
+                seen.update(tracking_processes(netns.descendants(proc.pid)))
+                if ctrl_c_when is not None and seen and ctrl_c_when():
+                    os.killpg(proc.pid, signal.SIGINT)
+                    ctrl_c_when = None
+                time.sleep(0.02)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:   # not its group otherwise: that would end what the test checks is ended
+                netns.stop(proc)
+    return rc, log.read_text(), sorted(seen)
+
+
+def test_the_tracking_process_ends_with_the_study_after_ctrl_c_and_after_exit_2(tmp_path):
+    """README ("Performance"): the tracking process dies with its parent. Ctrl-C while the study is held
+    at its second cohort's first snapshot: exit 130, and the tracking process seen running is gone. Then
+    the same experiment with another budget: refused with exit 2 after the tracking process has started
+    (the snapshots are read after it is launched), and that process is gone too."""
+    db, cmd = tiny(tmp_path)
+    cohorts = tmp_path / "snapshots" / "tiny" / "cohorts"
+    rc, out, seen = watched(cmd, tmp_path, hold="cohort.checkpoint/free=sleep:120",
+                            ctrl_c_when=lambda: any(cohorts.glob("free+*.pt")))
+    assert rc == 130 and "interrupted" in out, out[-2000:]
+    assert len(seen) >= 1, out[-2000:]
+    assert_ended(seen, "after Ctrl-C")
+    rc, out, seen = watched([*cmd, "--set", "budget=200"], tmp_path)
+    assert rc == 2 and "defaults.budget 150 -> 200" in out, out[-2000:]
+    assert len(seen) >= 1, out[-2000:]
+    assert_ended(seen, "after its exit 2")
+
+
+def test_a_changed_save_is_accepted_on_resume_and_other_changed_settings_are_refused(tmp_path):
+    """README ("Load a trained model", "Resume"): what is kept (`save:`) is not part of the settings a
+    resume compares. Interrupted after the trunk, the study resumes with `save: {final: true}` added and
+    keeps final checkpoints of the arms it trains from then on (not of the trunk, trained before). On the
+    finished study another budget is refused, exit 2, in one line naming the key that changed (and not
+    `save`, changed in the same command)."""
+    from mlflow import MlflowClient
+    db, cmd = tiny(tmp_path)
+    cohorts = tmp_path / "snapshots" / "tiny" / "cohorts"
+    rc, out, _ = watched(cmd, tmp_path, hold="cohort.checkpoint/free=sleep:120",
+                         ctrl_c_when=lambda: any(cohorts.glob("free+*.pt")))
+    assert rc == 130, out[-2000:]
+    done = json.loads((tmp_path / "snapshots" / "tiny" / "state.json").read_text())["arms"]
+    assert [a for a, r in done.items() if r["status"] == "done"] == ["trunk"]
+
+    resumed = subprocess.run([*cmd, "--set", "defaults.save.final=true"], env=ENV, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c = MlflowClient(f"sqlite:///{db}")
+    members = c.search_runs([c.get_experiment_by_name("tiny").experiment_id], "tags.role = 'member'")
+    kept = {r.info.run_name: [f.path for f in c.list_artifacts(r.info.run_id, "checkpoints")] for r in members}
+    assert len(kept) == 6
+    for name, files in kept.items():
+        assert ("checkpoints/final.pt" in files) == (not name.startswith("trunk ")), (name, files)
+
+    refused = subprocess.run([*cmd, "--set", "budget=200", "--set", "defaults.save.at_grok=true"], env=ENV,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in refused.stderr.splitlines() if ln.strip()]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
+    assert "other settings (defaults.budget 150 -> 200);" in errors[0], errors[0]   # that key alone
+
+
+def test_fresh_deletes_the_old_snapshots_and_the_new_run_makes_its_own(tmp_path):
+    """README ("Resume"): `--fresh` deletes the study's snapshots (and its runs: see the SIGKILL test) and
+    starts over. Each old file is hard-linked aside first, so a file of the old run can be told from a new
+    one at the same path; a leftover the new run would not make (a fork point of an earlier design) must
+    go too."""
+    from interventions.execution.studies import run_study
+    from interventions.study.graph import build_graph
+    from interventions.study.spec import load_study
+    db, _ = tiny(tmp_path)
+    graph, said = build_graph(load_study(str(tmp_path / "tiny.yaml"))), []
+
+    def run(fresh: bool) -> dict:
+        return run_study(graph, uri=f"sqlite:///{db}", experiment="tiny", fresh=fresh, progress=False,
+                         tracking=False, log=said.append)
+    first = run(False)
+    snap = tmp_path / "snapshots" / "tiny"
+    leftover = snap / "forks" / "trunk@25.pt"
+    leftover.write_bytes((snap / "forks" / "trunk@50.pt").read_bytes())
+    old = sorted(p.relative_to(snap) for p in snap.rglob("*") if p.is_file())
+    assert [str(p) for p in old] == ["forks/trunk@25.pt", "forks/trunk@50.pt", "state.json"]
+    aside = tmp_path / "old"
+    for p in old:
+        (aside / p).parent.mkdir(parents=True, exist_ok=True)
+        os.link(snap / p, aside / p)
+    again = run(True)
+    assert f"--fresh: deleted 0 runs of study 'tiny' in experiment 'tiny' and the snapshots in {snap}" in said
+    assert not leftover.exists()
+    for p in old[1:]:   # made again by the new run: new files
+        assert (snap / p).is_file() and not (snap / p).samefile(aside / p), p
+    assert json.loads((snap / "state.json").read_text())["finished"]
+    assert {a: r["results"] for a, r in again.items()} == {a: r["results"] for a, r in first.items()}
 
 
 def test_runs_follow_the_mlflow_contract(reference):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tracking.store import StoreError, check_uri, delete_study_runs, ensure_experiment, resolve_uri, sqlite_path
+from tracking.store import (EXPERIMENT_KIND, StoreError, check_uri, delete_study_runs, ensure_experiment, resolve_uri,
+                            sqlite_path, ui_link)
 
 
 def test_resolve_uri_precedence(tmp_path, monkeypatch):
@@ -111,3 +112,19 @@ def test_several_first_users_of_a_new_sqlite_store_at_once_all_succeed(tmp_path)
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [e[-2000:] for _, e in outs]
     assert len({o.strip() for o, _ in outs}) == 4          # four experiments, one store
+
+
+def test_experiments_are_model_training_ones_and_the_link_opens_their_runs_table(tracking_uri):
+    """MLflow's own experiment-kind tag on every experiment the toolkit makes (an older one without it gets it
+    on its next use); the link names the runs table's view, which MLflow 3.17's UI reads from the URL."""
+    from mlflow import MlflowClient
+    c = MlflowClient(tracking_uri)
+    eid = ensure_experiment(tracking_uri, "made_here")
+    assert c.get_experiment(eid).tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+    old = c.create_experiment("made_elsewhere")
+    assert ensure_experiment(tracking_uri, "made_elsewhere") == old
+    assert c.get_experiment(old).tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+    assert ui_link(tracking_uri, "made_here") == (f"mlflow ui --backend-store-uri {tracking_uri}, then "
+                                                  f"http://127.0.0.1:5000/#/experiments/{eid}/runs"
+                                                  "?workflowType=machine_learning")
+    assert ui_link(tracking_uri, "never_made") is None

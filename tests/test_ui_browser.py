@@ -2,7 +2,7 @@
 
 Starts `mlflow server` on a loopback port against the store of the shared smoke fork study
 (conftest.fork_smoke) and walks the
-README's "Compare arms in the MLflow UI" steps: Model training -> the experiment -> expand the study run
+docs' "MLflow UI" steps: the runs-table link the study printed, opened in a fresh browser profile -> expand the study run
 (arms by name) -> Columns (descriptions, t_grok, logit_scale_at_grok) -> expand an arm (its seeds, one
 level deeper) -> collapse it, tick the arms, Compare -> the same params on every arm and `t_grok`,
 `logit_scale_at_grok` side by side. Then an arm's curves grouped by prefix, the graph picture, and the
@@ -10,8 +10,8 @@ report run's report.html with every figure drawn inside the artifact view.
 Everything asserted is read off the screen and checked against the store. Every step leaves a
 screenshot in the test's temporary folder (path printed; `pytest -s` shows it).
 
-MLflow 3.17 UI facts this relies on (see /work/shared/MLFLOW-NOTES.md): the UI opens in GenAI mode
-(the "Model training" toggle switches to the runs table); the runs table is an AG Grid whose rows exist
+MLflow 3.17 UI facts this relies on (see /work/shared/MLFLOW-NOTES.md): the UI opens in GenAI mode unless
+the URL says `workflowType=machine_learning` (the experiment-kind tag does not change that); the runs table is an AG Grid whose rows exist
 once per column container; ticking an expanded parent also ticks its children, so arms are ticked
 collapsed; the compare page's metric table is virtualized (rows render only when scrolled into view).
 """
@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tracking.store import UI_DEFAULT
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -81,6 +83,11 @@ def _wait_healthy(proc: subprocess.Popen, base: str, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def ui_study_said(fork_smoke):
+    return fork_smoke.said
+
+
+@pytest.fixture(scope="module")
 def ui_study(fork_smoke, tmp_path_factory):
     """(base URL, uri, experiment, runs by name): the shared smoke fork study (conftest.fork_smoke: trained,
     reported) served by `mlflow server`. The server's whole process group is killed at teardown, whatever
@@ -118,7 +125,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 # ----------------------------------------------------------------------------------------- the browser
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     """Headless Chromium via selenium; a browser that cannot start FAILS the test (never skips)."""
     try:
         from selenium import webdriver
@@ -133,7 +140,8 @@ def browser():
     opts = Options()
     opts.binary_location = CHROMIUM
     for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-dev-shm-usage"]:
+                 "--disable-background-networking", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium_profile')}"]:   # a fresh profile
         opts.add_argument(flag)
     try:
         driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
@@ -283,7 +291,7 @@ def _close(shown: str, stored: float | None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- the tests
-def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, shots):
+def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, ui_study_said, shots):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -291,13 +299,13 @@ def test_compare_arms_of_a_study_in_the_ui(browser, ui_study, shots):
     server, uri, experiment, runs = ui_study
     d = browser
 
-    # 1. Home page -> "Model training" (MLflow 3 opens in GenAI mode) -> the experiment: the runs table.
-    d.get(server + "/")
-    _wait(d).until(EC.element_to_be_clickable(
-        (By.XPATH, "//*[normalize-space(text())='Model training']"))).click()
-    _wait(d).until(EC.element_to_be_clickable((By.LINK_TEXT, experiment))).click()
-    _wait(d).until(EC.url_contains("/runs"))
+    # 1. A fresh browser profile opens the link the study printed: the first page is the runs table (MLflow
+    #    3.17 would open the experiment itself on the GenAI traces overview; the link says which view).
+    (line,) = [x for x in ui_study_said if x.startswith("runs table in the MLflow UI: ")]
+    link = line.split(", then ")[-1].replace(UI_DEFAULT, server + "/")
+    d.get(link)
     study_link = _name_link(d, runs[STUDY])
+    assert "/runs" in d.current_url and "overview" not in d.current_url, d.current_url
     _close_assistant(d)
     assert study_link.text.strip() == STUDY
     shots(d, "01_runs_table")

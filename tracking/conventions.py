@@ -1,4 +1,4 @@
-"""The paper's measurement conventions (PAPER.md, "How the paper's runner measured"), defined once.
+"""The paper's measurement conventions (docs/statistics.md), defined once.
 
 Both sides use them: the engine to derive levers from finished arms (w_c, the logit-matched tau) and the
 analyses to score the same arms (report, figures). They live here, on the floor both may import (plain
@@ -85,7 +85,7 @@ def nearest_logged(curve: Curve, t: float | None) -> float | None:
 
 
 def l_at_grok(mean_logit_scale: Curve, t_grok_median: float | None) -> float | None:
-    """"L at grok" of a cell (PAPER.md): its seed-mean logit/scale at the logged step nearest the median t_grok."""
+    """"L at grok" of a cell (docs/statistics.md): its seed-mean logit/scale at the logged step nearest the median t_grok."""
     return nearest_logged(mean_logit_scale, t_grok_median)
 
 
@@ -99,7 +99,7 @@ def w_c(results: list[dict]) -> float | None:
 
 def alloc_base(results: list[dict]) -> dict[str, float] | None:
     """Per-layer median, over the control's grokked seeds, of each seed's layer norm at the end of its run
-    (the allocation clamp's base shares, PAPER.md); None without a grokking majority."""
+    (the allocation clamp's base shares, docs/statistics.md); None without a grokking majority."""
     ok = [r for r in results if grokked(r) and r.get("layer_norms_final")]
     if not majority(len(ok), len(results)):
         return None

@@ -4,7 +4,7 @@
 
 DIR holds design folders (dose/, mediation/, ...) or is one design folder itself. Each folder becomes
 experiment `paper/<folder>`: one study run, one arm run per .npz (run name = file stem), one member run per
-seed, in the run schema the engine writes (shared/DESIGN.md). Importing again creates nothing: arms whose
+seed, in the run schema the engine writes (docs/study-files.md, where results go). Importing again creates nothing: arms whose
 run is already FINISHED are skipped, a half-imported arm is completed. A file with missing fields,
 unexpected shapes or a broken archive is reported by name and skipped; the rest still imports; the exit
 status is then 1. Reading the files: tracking.paper_release.

@@ -1,7 +1,7 @@
 """Reading the paper's released metrics: one validated .npz (a cell) -> params, member summaries, curves.
 
-The release (paper-metrics README, PAPER.md) is read into the run schema the engine writes
-(shared/DESIGN.md), nothing written yet; tracking.import_npz writes it as runs. A file with missing
+The release (paper-metrics README, docs/reproduction.md) is read into the run schema the engine writes
+(docs/study-files.md, where results go), nothing written yet; tracking.import_npz writes it as runs. A file with missing
 fields, unexpected shapes or a broken archive raises BadFile, its message saying why.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ CONFIG = {"p": "p", "rho": "rho", "tau": "tau", "gamma": "gamma", "alpha": "trai
           "lam": "weight_decay", "t_int": "t_int", "wc_used": "w_c", "max_steps": "budget",
           "t_fork": "fork_step"}
 # Every released run was evaluated every 25 steps, in float32, and a cell's seeds trained until all had
-# grokked (paper-metrics README; PAPER.md setup and "How the paper's runner measured").
+# grokked (paper-metrics README; docs/reproduction.md, "The paper's setup").
 RELEASE = {"eval_every": 25, "precision": "float32", "retire": "arm"}
 # The release's `arm` field names the same-state fork's arms; its README names the other designs' roles
 # by file-name token (ctrl, base, up). The design_role each becomes (tracking.conventions.DESIGN_ROLES):
@@ -37,7 +37,7 @@ FORK_ROLES = {"free": "fork_free", "clamp_same": "fork_same", "clamp_raised": "f
               "clamp_lowered": "fork_lowered"}
 # Fields a design's files omit, filled only where the paper leaves no doubt:
 # dose clamps at rho x w_c with tau 1 and no allocation (README); the same-state fork is the main MLP/CE
-# setup with four clamp levels and no temperature or allocation (PAPER.md, "Same-state fork").
+# setup with four clamp levels and no temperature or allocation (docs/statistics.md, "Same-state fork").
 DESIGN_DEFAULTS = {"dose": {"tau": 1.0, "gamma": 0.0},
                    "samestate": {"tau": 1.0, "gamma": 0.0, "model": "mlp", "loss": "ce"}}
 # wn_at_grok is "the norm at the end of the run" (README): the engine's weight_norm_final, from which

@@ -5,6 +5,7 @@ Default store: embedded SQLite at <cwd>/mlruns/mlflow.db with artifacts beside i
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import sqlite3
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -210,8 +212,14 @@ def client(uri: str, log: Callable[[str], None] = _say):
     return c
 
 
+# MLflow's own experiment-kind tag: without it MLflow 3's UI opens an experiment on the GenAI traces
+# overview, not on its runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """Create (or find, or restore) experiment `name`; artifacts go to <dbdir>/artifacts/<safe name>."""
+    """Create (or find, or restore) experiment `name`, tagged as a model-training experiment (one without an
+    experiment kind gets the tag); artifacts go to <dbdir>/artifacts/<safe name>."""
     from mlflow.exceptions import MlflowException
     check_uri(uri)
     c = client(uri)
@@ -219,16 +227,48 @@ def ensure_experiment(uri: str, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     root = artifact_root(uri)
     location = (root / safe_name(name)).as_uri() if root is not None else None
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except MlflowException as e:  # a concurrent creator won the race
         exp = c.get_experiment_by_name(name)
         if exp is None:
             raise StoreError(uri, f"cannot create experiment {name!r}: {e.message}") from None
         return exp.experiment_id
+
+
+# MLflow 3.17's UI chooses its GenAI or its model-training view from the URL's workflowType, else from the
+# browser's last choice (GenAI on a fresh profile), not from the experiment's kind tag: a link with the
+# parameter opens on the runs table.
+UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"
+UI_DEFAULT = "http://127.0.0.1:5000/"   # where `mlflow ui` serves by default
+
+
+def ui_link(uri: str, experiment: str) -> str | None:
+    """Where to see `experiment`'s runs table in the MLflow UI, in one line; None where its id cannot be
+    read (a SQL server store: browse it through the `mlflow server` in front of it)."""
+    try:
+        if uri.startswith("sqlite:"):
+            path = sqlite_path(uri)
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)).fetchone()
+            finally:
+                db.close()
+            return row and f"mlflow ui --backend-store-uri {uri}, then {UI_DEFAULT}{UI_RUNS.format(row[0])}"
+        if uri.startswith(("http://", "https://")):
+            q = urllib.parse.urlencode({"experiment_name": experiment})
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{q}",
+                                        timeout=HTTP_TIMEOUT_S) as r:
+                eid = json.load(r)["experiment"]["experiment_id"]
+            return f"{uri.rstrip('/')}/{UI_RUNS.format(eid)}"
+    except (OSError, sqlite3.Error, KeyError, ValueError):
+        return None
+    return None
 
 
 def delete_study_runs(uri: str, experiment: str, study: str) -> int:

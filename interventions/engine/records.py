@@ -108,7 +108,7 @@ def check_start(members: list[MemberConfig], init: list[MemberState | None] | No
 
 def detect_times(evals: list[tuple[int, float, float]], mem_threshold: float = MEM_THRESHOLD,
                  grok_threshold: float = GROK_THRESHOLD) -> tuple[int | None, int | None]:
-    """(t_mem, t_grok) of an eval series [(step, train acc, test acc), ...] in step order (PAPER.md):
+    """(t_mem, t_grok) of an eval series [(step, train acc, test acc), ...] in step order (docs/statistics.md, t_mem and t_grok):
     the first evaluated step with train acc >= mem_threshold, and with test acc >= grok_threshold."""
     t_mem = next((t for t, tr, _ in evals if tr >= mem_threshold), None)
     t_grok = next((t for t, _, te in evals if te >= grok_threshold), None)

@@ -1,5 +1,5 @@
 """A task's data as the engine uses it: the label table over all vocab x vocab token pairs, which pairs
-exist, and a seeded train/test split per member (PAPER.md: a share `train_fraction` of the pairs).
+exist, and a seeded train/test split per member (docs/reproduction.md, the paper's setup: a share `train_fraction` of the pairs).
 
 Pairs live on the vocab x vocab grid, addressed by the flat index a * vocab + b. The task itself (which
 pairs, which labels) is a registered plug-in (interventions.tasks); `make_task` builds its table once.

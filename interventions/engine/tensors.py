@@ -49,7 +49,7 @@ def squared_norms(P: dict[str, torch.Tensor], matrices: list[str], rows: slice =
 
 
 def fourier_top5(E: torch.Tensor, p: int) -> torch.Tensor:
-    """PAPER.md `structure` per member: power of the embedding's DFT along the p token rows (E: (M, >= p, d);
+    """`structure` (docs/statistics.md) per member: power of the embedding's DFT along the p token rows (E: (M, >= p, d);
     the transformer's "=" row left out), summed over the embedding dimension, constant term dropped; the
     share of the 5 strongest of the distinct frequencies 1..p // 2 (a random init gives ~0.19 at p = 59,
     as the release's step-1 value)."""

@@ -90,7 +90,7 @@ class RayExecutor:
         if self.started:
             # Ray's own sockets on loopback (else it binds the host's interface address); and workers at
             # the driver's priority: Ray's default niceness 15 made a cohort train 3x slower beside any
-            # other busy process (measured here). For `ray start`, the README sets the same.
+            # other busy process (measured here). For `ray start`, docs/cluster.md sets the same.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             os.environ.setdefault("RAY_worker_niceness", "0")
         if address not in (None, "auto"):

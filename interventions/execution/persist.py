@@ -36,22 +36,48 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_state(folder: Path, digest: str, study: str, source: str, plugins: dict | None = None) -> dict:
+def load_state(folder: Path, digest: str, study: str, source: str, plugins: dict | None = None,
+               identity: dict | None = None) -> dict:
     """state.json of the study in `folder`, or a fresh state; ResumeError if it is another study's (or the
-    same study's with other settings or a changed plug-in: {module: source digest})."""
+    same study's with other settings or a changed plug-in: {module: source digest}), naming what changed
+    (identity: the study's StudyBase.identity(), kept in the state to compare against)."""
     path = folder / "state.json"
     if not path.is_file():
         return {"digest": digest, "study": study, "arms": {}, "forks": {}, "derived": {}, "levers": {},
-                "plugins": plugins or {}, "finished": False}
+                "plugins": plugins or {}, "identity": identity, "finished": False}
     state = json.loads(path.read_text())
     if state.get("digest") != digest:
         changed = [f"plug-in {m} changed (source digest {state['plugins'].get(m)} -> {d})"
                    for m, d in (plugins or {}).items() if "plugins" in state and state["plugins"].get(m) != d]
+        changed = changed or changed_keys(state.get("identity"), identity)
         why = "; ".join(changed) or f"digest {state.get('digest')} != {digest}"
         raise ResumeError(f"{source}: {folder} holds snapshots of study {state.get('study')!r} run with other "
                           f"settings ({why}); rerun with --fresh to replace them, or give another --experiment")
     state.setdefault("levers", {})
+    state.setdefault("identity", identity)   # a state.json written before it was kept
     return state
+
+
+def changed_keys(old: dict | None, new: dict | None, most: int = 4) -> list[str]:
+    """'key.path old -> new' for each setting that differs (arms by name), the first `most` of them."""
+    if old is None or new is None:
+        return []
+    a, b = dict(_flat(old)), dict(_flat(new))
+    diff = [f"{k} {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+    return diff[:most] + ([f"and {len(diff) - most} more"] if len(diff) > most else [])
+
+
+def _flat(d, prefix: str = ""):
+    """(dotted key, value) pairs; a list of named records (the arms) is keyed by name."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _flat(v, f"{prefix}{k}.")
+    elif isinstance(d, list) and d and all(isinstance(x, dict) and "name" in x for x in d):
+        for x in d:
+            yield from _flat(x, f"{prefix}{x['name']}.")
+    else:
+        yield prefix[:-1], json.dumps(d)
 
 
 class Worker:

@@ -51,7 +51,7 @@ class Runner:
         self.study = graph.study
         self.digest = self.study.digest()
         self.state = load_state(self.dir, self.digest, self.study.study, self.study.source,
-                                {p["name"]: p["digest"] for p in self.study.plugin_info})
+                                {p["name"]: p["digest"] for p in self.study.plugin_info}, self.study.identity())
         self.done_before = {n for n, a in self.state["arms"].items() if a["status"] == "done"}   # by earlier runs
         self.tracker = None                       # used on the worker thread only
         self.worker: Worker | None = None

@@ -37,6 +37,7 @@ def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", f
             log(f"study {graph.study.study} already finished in experiment {experiment!r} (state in {folder}); "
                 "not retraining (--fresh starts over)")
             log(arm_table(graph.order, runner.state["arms"]))
+            _say_where(uri, experiment, tracking, log)
             return runner.state["arms"]
         log(f"study {graph.study.study} finished (state in {folder}), but the store lacks {len(lacks)} of its "
             f"runs' records ({lacks[0]}); completing the store from state.json")
@@ -51,7 +52,15 @@ def run_study(graph: Graph, *, uri: str, experiment: str, device: str = "cpu", f
     log(f"study {graph.study.study}: {len(arms)} arms in {time.perf_counter() - t0:.0f} s; "
         f"experiment {experiment!r} in {uri}")
     log(arm_table(graph.order, arms))
+    _say_where(uri, experiment, tracking, log)
     return arms
+
+
+def _say_where(uri: str, experiment: str, tracking: bool, log) -> None:
+    from tracking.store import ui_link
+    link = ui_link(uri, experiment) if tracking else None
+    if link:
+        log(f"runs table in the MLflow UI: {link}")
 
 
 def _start_over(graph: Graph, uri: str, experiment: str, folder: Path, tracking: bool, log) -> None:

@@ -1,4 +1,4 @@
-"""The norm clamp (PAPER.md): after every optimizer step t >= t_int, rescale each clamped member's weight
+"""The norm clamp (docs/statistics.md, rho): after every optimizer step t >= t_int, rescale each clamped member's weight
 matrices (one scalar per member) so that weight_norm equals its target: absolute, rho * w_c, or rho * N0
 (N0 = the member's own weight_norm entering its first clamped step, i.e. at t_int - 1, or at the fork when
 it was forked later than that).
@@ -25,7 +25,7 @@ from interventions.registry import register_lever
 from interventions.study.types import PositiveOrDerived, is_derived
 
 CLAMPS = ("none", "w_c", "n0", "absolute", "alloc")
-THETA_CLIP = (0.02, 0.98)  # the allocation clamp's bounds on the readout's share (PAPER.md)
+THETA_CLIP = (0.02, 0.98)  # the allocation clamp's bounds on the readout's share (docs/statistics.md)
 _KIND = {"none": 0, "w_c": 1, "n0": 1, "absolute": 1, "alloc": 2}  # engine code: none, total norm, per layer
 
 
@@ -33,12 +33,21 @@ class ClampSettings(LeverSettings):
     """clamp: none | w_c (hold rho x w_c) | n0 (hold rho x N0, the own norm at the fork) | absolute (hold
     `target`) | alloc (per-layer allocation gamma at total rho x w_c, or rho x N0 without w_c). t_int: the
     first clamped step (default: the fork step for a forked arm, else 0)."""
-    clamp: Literal[CLAMPS] = "none"  # type: ignore[valid-type]
-    rho: float = Field(1.0, gt=0)
-    gamma: float = Field(0.0, gt=-1, lt=1)
-    t_int: int | None = Field(None, ge=0)
-    target: float | None = Field(None, gt=0)
-    w_c: PositiveOrDerived | None = None
+    clamp: Literal[CLAMPS] = Field(  # type: ignore[valid-type]
+        "none", description="what the weight norm is held at: none (free), w_c (rho x w_c), n0 (rho x N0, a forked "
+                            "arm's own norm entering its first clamped step), absolute (`target`), alloc (rho x "
+                            "w_c, or rho x N0 without w_c, allocated across layers by gamma)")
+    rho: float = Field(1.0, gt=0, description="the dose: the held norm is rho x w_c or rho x N0 (not used by "
+                                              "absolute)")
+    gamma: float = Field(0.0, gt=-1, lt=1, description="alloc: the readout's share theta0 of the embedding + "
+                                                       "readout squared norm becomes clip(theta0 (1 + gamma), 0.02, "
+                                                       "0.98) at a fixed total")
+    t_int: int | None = Field(None, ge=0, description="first clamped step (null: the fork step of a forked arm, "
+                                                      "else 0)")
+    target: float | None = Field(None, gt=0, description="clamp absolute: the weight norm held")
+    w_c: PositiveOrDerived | None = Field(None, description="clamp w_c and alloc: the free control's norm at "
+                                                            "grok, a number or `{derive: median_norm_at_grok, "
+                                                            "arm: <free arm>}`")
     alloc_base: dict[str, float] | None = Field(None, json_schema_extra=INTERNAL)  # the control's layer norms
 
     @model_validator(mode="after")
@@ -58,7 +67,7 @@ class ClampSettings(LeverSettings):
 
 
 def alloc_targets(base: list[float], total: float, gamma: float, i_embed: int, i_read: int) -> list[float]:
-    """Per-layer targets (PAPER.md, "Layer allocation"): base per-matrix norms scaled to `total`; the
+    """Per-layer targets (docs/statistics.md, "Layer allocation"): base per-matrix norms scaled to `total`; the
     readout's share theta0 of the embedding + readout power becomes clip(theta0 (1 + gamma), 0.02, 0.98),
     every other layer keeps its scaled norm."""
     scale = total / math.sqrt(sum(b * b for b in base))

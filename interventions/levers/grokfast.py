@@ -1,4 +1,4 @@
-"""Grokfast (Lee et al., "Grokfast: Accelerated Grokking by Amplifying Slow Gradients", 2024; LEVERS.md):
+"""Grokfast (Lee et al., "Grokfast: Accelerated Grokking by Amplifying Slow Gradients", 2024; docs/extending.md):
 gradient filters that amplify the slow part of each gradient, per parameter tensor, after the backward
 and before the optimizer step:
 
@@ -39,13 +39,14 @@ class FilterSettings(LeverSettings):
 
 
 class EmaSettings(FilterSettings):
-    alpha: float = Field(0.98, ge=0, lt=1)
-    lamb: float = Field(2.0, ge=0)
+    alpha: float = Field(0.98, ge=0, lt=1, description="the EMA's decay: h <- alpha h + (1 - alpha) g")
+    lamb: float = Field(2.0, ge=0, description="amplification: g <- g + lamb h (0: off)")
 
 
 class MaSettings(FilterSettings):
-    window: int = Field(100, ge=1)
-    lamb: float = Field(5.0, ge=0)
+    window: int = Field(100, ge=1, description="gradients averaged (this one among them); the filter acts once "
+                                               "that many are in")
+    lamb: float = Field(5.0, ge=0, description="amplification: g <- g + lamb mean(window) (0: off)")
 
 
 class GradFilter(Lever):

@@ -1,4 +1,4 @@
-"""The init scale (Liu et al., "Omnigrok: Grokking Beyond Algorithmic Data", ICLR 2023; LEVERS.md): every
+"""The init scale (Liu et al., "Omnigrok: Grokking Beyond Algorithmic Data", ICLR 2023; docs/extending.md): every
 weight matrix of a fresh member multiplied by alpha, W <- alpha W, biases and other vectors as drawn. A
 large alpha delays grokking, a small one removes it (the source's MNIST setting: alpha 8).
 """
@@ -11,7 +11,7 @@ from interventions.registry import register_lever
 
 
 class InitScaleSettings(LeverSettings):
-    alpha: float = Field(1.0, gt=0)
+    alpha: float = Field(1.0, gt=0, description="factor on every weight matrix of a fresh member (1: off)")
 
     def active(self) -> bool:
         return self.alpha != 1.0

@@ -1,4 +1,4 @@
-"""do(L), a mediator clamp on the logit scale (this toolkit; ../LEVERS.md): from step t_int on, divide each
+"""do(L), a mediator clamp on the logit scale (this toolkit; docs/statistics.md, do(L)): from step t_int on, divide each
 member's logits by c = L_raw / L*, where L_raw is the member's mean over its TRAINING pairs of |z|_2 and
 L* = rho x target; c is a constant in the gradient (an adaptive temperature, like tau). The held quantity
 is therefore the training pairs' logit scale, the one the step sees: it equals L* at every step whatever
@@ -17,9 +17,11 @@ from interventions.study.types import PositiveOrDerived, is_derived
 
 
 class LogitNormSettings(LeverSettings):
-    target: PositiveOrDerived | None = None   # L* / rho; None: off
-    rho: float = Field(1.0, gt=0)             # L* = rho x target (the dose in L alone)
-    t_int: int | None = Field(None, ge=0)     # first held step; default the fork step of a forked arm, else 0
+    target: PositiveOrDerived | None = Field(None, description="L* / rho: a number or an arm's L at grok "
+                                             "(`{derive: logit_scale_at_grok, arm: <arm>}`); null: off")
+    rho: float = Field(1.0, gt=0, description="the dose in L alone: L* = rho x target")
+    t_int: int | None = Field(None, ge=0, description="first held step (null: the fork step of a forked arm, "
+                                                      "else 0)")
     target_source: str = Field("given", json_schema_extra=INTERNAL)
 
     def active(self) -> bool:

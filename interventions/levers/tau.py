@@ -1,4 +1,4 @@
-"""The output temperature tau (PAPER.md): logits / tau before the loss; fixed per arm, not a parameter,
+"""The output temperature tau (docs/statistics.md, tau): logits / tau before the loss; fixed per arm, not a parameter,
 not in the norm. Given, or derived: the logit-matched tau of a sweep (study.derive)."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from interventions.study.types import LogitMatched, PositiveOrDerived, is_derive
 
 
 class TauSettings(LeverSettings):
-    tau: PositiveOrDerived = 1.0
+    tau: PositiveOrDerived = Field(1.0, description="the output temperature: logits / tau before the loss; a "
+                                                    "number or `{derive: logit_matched, ...}`")
     tau_source: str = Field("given", json_schema_extra=INTERNAL)   # given, or how it was derived
 
     @field_validator("tau")

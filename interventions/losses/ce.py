@@ -1,4 +1,4 @@
-"""Cross-entropy of softmax(z / tau) (PAPER.md)."""
+"""Cross-entropy of softmax(z / tau) (docs/reproduction.md, the paper's setup)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Mean squared error on the logits (PAPER.md's MSE variant): sum over classes of (z / tau - onehot)^2."""
+"""Mean squared error on the logits (the paper's MSE variant, docs/reproduction.md): sum over classes of (z / tau - onehot)^2."""
 from __future__ import annotations
 
 import torch.nn.functional as F

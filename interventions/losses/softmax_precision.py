@@ -1,5 +1,5 @@
 """Cross-entropy with its softmax in another precision (Prieto et al., "Grokking at the Edge of Numerical
-Stability", ICLR 2025; LEVERS.md): the model trains in its own precision, the loss
+Stability", ICLR 2025; docs/extending.md): the model trains in its own precision, the loss
 
     -log softmax(s)_y = logsumexp(s) - s_y
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from interventions.kinds import Loss, LossSettings
 from interventions.registry import register_loss
@@ -25,7 +26,8 @@ DTYPES = {16: torch.float16, 32: torch.float32, 64: torch.float64}
 
 
 class SoftmaxPrecisionSettings(LossSettings):
-    bits: Literal[16, 32, 64] = 32   # not `precision`: that is the cohort's (the model's) own
+    # not `precision`: that is the cohort's (the model's) own
+    bits: Literal[16, 32, 64] = Field(32, description="float bits the loss's softmax (and sc_frac) is computed in")
 
 
 @register_loss("softmax_precision")

@@ -1,5 +1,5 @@
 """StableMax cross-entropy (Prieto et al., "Grokking at the Edge of Numerical Stability", ICLR 2025;
-LEVERS.md): softmax's exp replaced by a function that grows linearly, so no logit gap rounds a
+docs/extending.md): softmax's exp replaced by a function that grows linearly, so no logit gap rounds a
 probability to exactly 1 as fast as exp does (softmax collapse):
 
     s(x) = x + 1 for x >= 0,  1 / (1 - x) for x < 0
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from interventions.kinds import Loss, LossSettings
 from interventions.registry import register_loss
@@ -22,7 +23,7 @@ DTYPES = {32: torch.float32, 64: torch.float64}
 
 
 class StableMaxSettings(LossSettings):
-    bits: Literal[32, 64] = 64
+    bits: Literal[32, 64] = Field(64, description="float bits StableMax (and sc_frac) is computed in")
 
 
 def stable_s(x: torch.Tensor) -> torch.Tensor:

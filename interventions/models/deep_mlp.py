@@ -26,8 +26,9 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh}
 
 
 class DeepMLPSettings(ModelSettings):
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [200, 200], min_length=1)
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [200, 200], min_length=1,
+                                                      description="the hidden layers' widths, in order")
+    activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="after each hidden layer")
 
 
 @register_model("deep_mlp")

@@ -1,4 +1,4 @@
-"""The paper's MLP (PAPER.md, "Setup"), batched over members, with a hand-written backward.
+"""The paper's MLP (docs/reproduction.md, "The paper's setup"), batched over members, with a hand-written backward.
 
 Inputs are pairs (a, b) of tokens, so the first layer is exactly two per-token lookups: concat(E[a], E[b]) @ W1
 equals (E @ W1a)[a] + (E @ W1b)[b] with W1a, W1b the halves of W1 that read the a- and b-embedding. Tables
@@ -17,13 +17,13 @@ from interventions.registry import register_model
 
 
 class MLPSettings(ModelSettings):
-    d_embed: int = Field(128, ge=1)
-    d_hidden: int = Field(256, ge=1)
+    d_embed: int = Field(128, ge=1, description="width of the token embedding E")
+    d_hidden: int = Field(256, ge=1, description="width of the hidden layer (W1's output)")
 
 
 @register_model("mlp")
 class MLP(Model):
-    """E (vocab x d_embed) shared by both operands; concat -> W1 + b1 -> GeLU -> W2 + b2 (PAPER.md).
+    """E (vocab x d_embed) shared by both operands; concat -> W1 + b1 -> GeLU -> W2 + b2 (docs/reproduction.md).
 
     Training uses a hand-written backward (loss_grads) checked against autograd on `naive_logits`.
     """

@@ -13,9 +13,9 @@ from interventions.registry import register_model
 
 
 class TransformerSettings(ModelSettings):
-    d_model: int = Field(128, ge=1)
-    n_heads: int = Field(4, ge=1)
-    d_mlp: int = Field(512, ge=1)
+    d_model: int = Field(128, ge=1, description="width of the residual stream (a multiple of n_heads)")
+    n_heads: int = Field(4, ge=1, description="attention heads")
+    d_mlp: int = Field(512, ge=1, description="width of the MLP's hidden layer")
 
     @model_validator(mode="after")
     def _heads(self):
@@ -29,7 +29,7 @@ class Transformer(Model):
     """1 layer, tokens [a, b, =], n_heads heads, learned positions, MLP d_mlp GeLU, readout at "=".
 
     A pre-LN block (LN before attention, before the MLP and before the unembedding) whose gains/shifts are
-    vectors, so outside weight_norm, weight decay and the clamp; `transformer_noln` (PAPER.md's model) has
+    vectors, so outside weight_norm, weight decay and the clamp; `transformer_noln` (the paper's model, docs/reproduction.md) has
     no LayerNorm and no biases anywhere. The clamp covers every matrix: E, pos, W_Q, W_K, W_V, W_O, W_in,
     W_out, W_U. The input tokens are the task's plus "=" (token id vocab).
     """
@@ -140,6 +140,6 @@ class Transformer(Model):
 
 @register_model("transformer_noln")
 class TransformerNoLN(Transformer):
-    """The transformer without LayerNorm (PAPER.md's no-LN transformer): no biases, no LN vectors."""
+    """The transformer without LayerNorm (the paper's no-LN transformer, docs/reproduction.md): no biases, no LN vectors."""
 
     layernorm = False

@@ -1,4 +1,4 @@
-"""AdamW over stacked member tensors (PAPER.md: decoupled weight decay on weight matrices only).
+"""AdamW over stacked member tensors (docs/reproduction.md, the paper's setup: decoupled weight decay on weight matrices only).
 
 The update is torch.optim.AdamW's (non-amsgrad), run by torch's fused AdamW kernel on the (M, ...)
 parameter tensors: every member's row follows its own trajectory; members share lr, betas,
@@ -14,11 +14,11 @@ from interventions.registry import register_optimizer
 
 
 class AdamWSettings(OptimizerSettings):
-    lr: float = Field(1e-3, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(1.0, ge=0)
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    beta1: float = Field(0.9, ge=0, lt=1, description="decay of the first-moment average (exp_avg)")
+    beta2: float = Field(0.999, ge=0, lt=1, description="decay of the second-moment average (exp_avg_sq)")
+    eps: float = Field(1e-8, gt=0, description="added to sqrt(second moment) in the denominator")
+    weight_decay: float = Field(1.0, ge=0, description="decoupled weight decay, on the weight matrices only")
 
 
 @register_optimizer("adamw")

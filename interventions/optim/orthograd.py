@@ -1,4 +1,4 @@
-"""⊥Grad (Prieto et al., "Grokking at the Edge of Numerical Stability", ICLR 2025; LEVERS.md): before the
+"""⊥Grad (Prieto et al., "Grokking at the Edge of Numerical Stability", ICLR 2025; docs/extending.md): before the
 base optimizer's step, each parameter tensor's gradient loses its component along the weights (the
 direction that only scales the logits up, toward softmax collapse) and keeps its norm. Per parameter
 tensor w with gradient g, flattened, per member:

@@ -15,9 +15,10 @@ from interventions.registry import register_optimizer
 
 
 class SGDSettings(OptimizerSettings):
-    lr: float = Field(1e-2, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-2, gt=0, description="learning rate")
+    momentum: float = Field(0.0, ge=0, lt=1, description="b <- momentum b + g (0: plain SGD, no buffer)")
+    weight_decay: float = Field(0.0, ge=0, description="coupled L2 (g <- g + weight_decay w), on the weight "
+                                                       "matrices only")
 
 
 @register_optimizer("sgd")

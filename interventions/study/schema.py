@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from interventions.kinds import user_fields
 from interventions.registry import LEVERS, LOSSES, MODELS, OPTIMIZERS, TASKS
+from interventions.study.sweeps import check_sweep, sweepable
 from interventions.study.types import SpecError, Strict
 from tracking.conventions import DESIGN_ROLES, GROK_THRESHOLD, MEM_THRESHOLD
 
@@ -30,9 +31,11 @@ Retire = Literal["arm", "member"]
 
 
 class Task(Strict):
-    op: str = "add"                               # a registered task (interventions.tasks)
-    p: int | list[int] = 59                       # its size (a modulus); a list replicates the graph per p
-    train_fraction: float = Field(0.4, gt=0, lt=1)
+    op: str = Field("add", description="the task: a registered task's name (interventions.tasks)")
+    p: int | list[int] = Field(59, description="its size (the modulus); a list runs every arm once per p (the graph "
+                                               "replicated); a task of fixed size sets it")
+    train_fraction: float = Field(0.4, gt=0, lt=1, description="share of all pairs a member trains on (its seed draws "
+                                                               "which); the rest is the test split")
 
     @field_validator("p")
     @classmethod
@@ -67,33 +70,39 @@ class Task(Strict):
 
 
 class ForkDefaults(Strict):
-    at: int = Field(800, ge=0)
-    # all_memorized: the first eval step >= at at which every seed of the parent has memorized (PAPER.md)
-    when: Literal["step", "all_memorized"] = "all_memorized"
+    at: int = Field(800, ge=0, description="fork step of an arm whose `from` gives no `at`")
+    when: Literal["step", "all_memorized"] = Field("all_memorized", description="step: at `at`; all_memorized: the "
+                                                   "first eval step >= `at` where every parent seed has memorized")
 
 
 class Save(Strict):
     """Member checkpoints logged on each member run (checkpoints.py): at its t_grok, at its end."""
-    at_grok: bool = False
-    final: bool = False
+    at_grok: bool = Field(False, description="log each member's checkpoint at its t_grok")
+    final: bool = Field(False, description="log each member's checkpoint at the end of its run")
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k, on in (("grok", self.at_grok), ("final", self.final)) if on)
 
 
 class From(Strict):
-    arm: str
-    at: int | None = Field(None, ge=0)        # None: defaults.fork.at
-    when: Literal["step", "all_memorized"] | None = None
+    """Where an arm forks: its parent arm and the step whose state (weights, optimizer, levers) it starts from."""
+    arm: str = Field(description="the parent arm (its name in this file)")
+    at: int | None = Field(None, ge=0, description="fork step; null: defaults.fork.at")
+    when: Literal["step", "all_memorized"] | None = Field(None, description="as defaults.fork.when; null: that")
 
 
 class StudyBase(Strict):
     """What every study has besides its generated parts (models().Study adds defaults and arms)."""
-    study: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: str = ""
-    design: str = "custom"               # free text logged as param `design` (fork, mediation, collapse ...)
-    plugins: list[str] = []              # modules that register plug-ins (interventions.plugins)
-    presets: dict[str, dict[str, Any]] = {}
+    study: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="its name: the MLflow experiment's (with "
+                       "-<preset> for presets other than default) and its snapshots' folder's")
+    description: str = Field("", description="free text, the MLflow experiment's description")
+    design: str = Field("custom", description="logged as param `design`; one the report knows (mediation, fork, "
+                                              "collapse, dose, alloc, precision ...) limits it to that design's "
+                                              "analyses, any other text lets the arms' roles decide")
+    plugins: list[str] = Field([], description="modules that register plug-ins, imported before validation: found "
+                                               "beside the study file first, then on sys.path")
+    presets: dict[str, dict[str, Any]] = Field({}, description="name -> a partial study overlaid by --preset name "
+                                                               "(`default` when none is named)")
     # filled by load_study, not by the file
     source: str = Field("", exclude=True)
     preset: str | None = Field(None, exclude=True)
@@ -111,16 +120,20 @@ class StudyBase(Strict):
     def resolved_yaml(self) -> str:
         return yaml.safe_dump(self.resolved(), sort_keys=False)
 
-    def digest(self) -> str:
-        """Identity of what is trained: resume refuses to mix snapshots of different settings (a plug-in's
-        source is part of it)."""
+    def identity(self) -> dict:
+        """What is trained: the resolved study less its description, preset and `save` (what is kept), plus
+        each plug-in's source digest. Resume compares it and names the keys that changed."""
         d = self.resolved()
         for k in ("description", "preset"):
             d.pop(k, None)
-        d["defaults"].pop("save")   # what is kept, not what is trained
+        d["defaults"].pop("save")
         if self.plugin_info:
             d["plugin_digests"] = {p["name"]: p["digest"] for p in self.plugin_info}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+    def digest(self) -> str:
+        """A hash of identity(): resume refuses to mix snapshots of different settings."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- the generated parts
@@ -129,8 +142,8 @@ def _entry_union(registry, default: str, as_name: bool = False):
     as_name): a discriminated union, so an unknown kind or setting is reported at its key."""
     variants = []
     for name, entry in registry.items():
-        model = create_model(f"{registry.kind}_{name}", __base__=entry.Settings,
-                             kind=(Literal[name], name))  # type: ignore[valid-type]
+        field = (Literal[name], Field(name, description=f"the registered {registry.kind}"))  # type: ignore[valid-type]
+        model = create_model(f"{registry.kind}_{name}", __base__=entry.Settings, kind=field)
         variants.append(Annotated[model, Tag(name)])
 
     def kind(v):
@@ -154,17 +167,6 @@ def _partial(lever) -> type:
                         **{k: _optional(f) for k, f in user_fields(lever.Settings).items()})
 
 
-def sweepable() -> dict[str, tuple[str, str]]:
-    """Sweep key -> (lever, setting): a flat lever's numeric settings by name, another's as lever.setting."""
-    out = {}
-    for name, lever in LEVERS.items():
-        for k, f in user_fields(lever.Settings).items():
-            ann = str(f.annotation)
-            if "float" in ann or "int" in ann:
-                out[k if lever.flat else f"{name}.{k}"] = (name, k)
-    return out
-
-
 def _levers_fields(arm: bool) -> dict[str, Any]:
     out = {}
     for name, lever in LEVERS.items():
@@ -172,32 +174,14 @@ def _levers_fields(arm: bool) -> dict[str, Any]:
             for k, f in user_fields(lever.Settings).items():
                 out[k] = _optional(f) if arm else (f.annotation, f)
         else:
-            out[name] = (Optional[_partial(lever) if arm else lever.Settings], None)
+            what = "this arm's settings over defaults.levers'" if arm else "its settings for every arm"
+            out[name] = (Optional[_partial(lever) if arm else lever.Settings],
+                         Field(None, description=f"lever {name}: {what} (null: not named)"))
     return out
 
 
-def _check_sweep(v: dict | None) -> dict | None:
-    keys = sweepable()
-    for k, vals in (v or {}).items():
-        if k not in keys:
-            raise ValueError(f"cannot sweep {k!r} (sweepable: {', '.join(keys)})")
-        if not vals:
-            raise ValueError(f"sweep of {k!r} is empty")
-        if len(set(vals)) != len(vals):
-            raise ValueError(f"repeated value in sweep of {k!r}: {vals}")
-        lever, setting = keys[k]
-        for x in vals:
-            try:
-                LEVERS.get(lever).Settings(**{setting: x})
-            except ValueError as e:
-                err = e.errors()[0] if hasattr(e, "errors") else {"msg": str(e), "ctx": {}}
-                if err.get("type") == "greater_than" and err["ctx"].get("gt") == 0:
-                    raise ValueError(f"{k} must be > 0 (got {vals})") from None
-                raise ValueError(f"{k}: {err['msg']} (got {vals})") from None
-    return v
-
-
 _cache: dict = {}
+_KIND = "the {0}: `{{kind: <a registered {0}>, <its settings>}}`"
 
 
 def models() -> SimpleNamespace:
@@ -208,31 +192,40 @@ def models() -> SimpleNamespace:
     Loss = _entry_union(LOSSES, "ce", as_name=True)
     Levers = create_model("Levers", __base__=Strict, **_levers_fields(arm=False))
     Defaults = create_model(
-        "Defaults", __base__=DefaultsBase, task=(Task, Task()), model=(_entry_union(MODELS, "mlp"), {"kind": "mlp"}),
-        optimizer=(_entry_union(OPTIMIZERS, "adamw"), {"kind": "adamw"}), loss=(Loss, "ce"), levers=(Levers, Levers()))
-    Arm = create_model("Arm", __base__=ArmBase, loss=(Optional[Loss], None), **_levers_fields(arm=True))
-    Study = create_model("Study", __base__=StudyBase, defaults=(Defaults, Defaults()),
-                         arms=(list[Arm], Field(min_length=1)))
+        "Defaults", __base__=DefaultsBase, task=(Task, Field(Task(), description="the task")),
+        model=(_entry_union(MODELS, "mlp"), Field({"kind": "mlp"}, description=_KIND.format("model"))),
+        optimizer=(_entry_union(OPTIMIZERS, "adamw"), Field({"kind": "adamw"}, description=_KIND.format("optimizer"))),
+        loss=(Loss, Field("ce", description=_KIND.format("loss") + ", or its name alone")),
+        levers=(Levers, Field(Levers(), description="every arm's lever settings (an arm overrides them)")))
+    arm_loss = Field(None, description="overrides defaults.loss")
+    Arm = create_model("Arm", __base__=ArmBase, loss=(Optional[Loss], arm_loss), **_levers_fields(arm=True))
+    Study = create_model("Study", __base__=StudyBase,
+                         defaults=(Defaults, Field(Defaults(), description="what every arm shares unless it says "
+                                                                           "otherwise")),
+                         arms=(list[Arm], Field(min_length=1, description="the arms: each trains one member per "
+                                                                          "seed (and per p)")))
     _cache[key] = SimpleNamespace(Study=Study, Defaults=Defaults, Arm=Arm, Levers=Levers, Task=Task)
     return _cache[key]
 
 
 class DefaultsBase(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
-    precision: Literal["float32", "float64"] = "float32"
-    seeds: int | list[int] = 12                # n -> seeds 0..n-1
-    budget: int = Field(20000, gt=0)           # max step of every member (absolute, fork steps included)
-    margin: int = Field(0, ge=0)               # steps trained after t_grok before a member retires
-    # arm: a member trains until every seed of its arm has grokked (+ margin) or the budget, so seed-mean
-    # curves are over all seeds (the paper's runner); member: each retires at its own t_grok (+ margin)
-    retire: Retire = "arm"
-    eval_every: int = Field(25, gt=0)
-    log_every: int = Field(200, gt=0)
-    mem_threshold: float = Field(MEM_THRESHOLD, gt=0, le=1)
-    grok_threshold: float = Field(GROK_THRESHOLD, gt=0, le=1)
-    checkpoint_every: int = Field(2000, gt=0)  # steps between snapshots (resume points) and logging flushes
-    fork: ForkDefaults = ForkDefaults()
-    save: Save = Save()
+    precision: Literal["float32", "float64"] = Field("float32", description="dtype of parameters and arithmetic")
+    seeds: int | list[int] = Field(12, description="n: seeds 0 .. n-1; or a list of seeds (one member per arm and "
+                                                   "seed; its seed draws the init and the train split)")
+    budget: int = Field(20000, gt=0, description="last step of every member (absolute: fork steps included)")
+    margin: int = Field(0, ge=0, description="steps trained after t_grok before a member retires")
+    retire: Retire = Field("arm", description="arm: a member trains until every seed of its arm has grokked (+ "
+                           "margin) or the budget, so seed-mean curves are over all seeds (the paper's runner); "
+                           "member: each retires at its own t_grok (+ margin)")
+    eval_every: int = Field(25, gt=0, description="steps between evaluations of train and test accuracy on all "
+                                                  "pairs (t_mem and t_grok are multiples of it)")
+    log_every: int = Field(200, gt=0, description="steps between logged curve points (a multiple of eval_every)")
+    mem_threshold: float = Field(MEM_THRESHOLD, gt=0, le=1, description="train accuracy that marks t_mem")
+    grok_threshold: float = Field(GROK_THRESHOLD, gt=0, le=1, description="test accuracy that marks t_grok")
+    checkpoint_every: int = Field(2000, gt=0, description="steps between snapshots (resume points), log flushes")
+    fork: ForkDefaults = Field(ForkDefaults(), description="where an arm whose `from` leaves it out forks")
+    save: Save = Field(Save(), description="which member checkpoints are logged as MLflow artifacts")
 
     @field_validator("seeds")
     @classmethod
@@ -274,21 +267,24 @@ def entry_kwargs(kind: str, value) -> dict:
 
 
 class ArmBase(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=80)
-    description: str | None = None
-    from_: From | None = Field(None, alias="from")
-    trunk: bool = False                  # trains only up to its children's fork step (shared state)
-    sweep: dict[str, list[float]] | None = None   # one extra arm per value: <name>_<key><value>
-    keep_base: bool = True               # with a sweep: keep the arm itself too
-    precision: Literal["float32", "float64"] | None = None
-    # this arm's optimizer: `{kind: ..., <its settings>}` over defaults.optimizer (graph.arm_optimizer)
-    optimizer: dict[str, Any] | None = None
-    budget: int | None = Field(None, gt=0)
-    margin: int | None = Field(None, ge=0)
-    retire: Retire | None = None
-    role: Role | None = None             # design_role; the arms of a sweep over tau alone: tau_sweep
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=80, description="unique; its MLflow run's name")
+    description: str | None = Field(None, description="free text (kept in the resolved study file logged)")
+    from_: From | None = Field(None, alias="from", description="its fork (null: it trains from initialisation)")
+    trunk: bool = Field(False, description="trains only up to its children's fork steps (a shared state)")
+    sweep: dict[str, list[float]] | None = Field(None, description="setting -> values: one more arm per value (per "
+                                                 "combination of several), named <name>_<key><value>")
+    keep_base: bool = Field(True, description="with a sweep: keep the arm itself too")
+    precision: Literal["float32", "float64"] | None = Field(None, description="overrides defaults.precision (a "
+                                                            "fork keeps its parent's)")
+    optimizer: dict[str, Any] | None = Field(None, description="`{kind: ..., <its settings>}` over "
+                                             "defaults.optimizer (the settings its kind takes carry over)")
+    budget: int | None = Field(None, gt=0, description="overrides defaults.budget")
+    margin: int | None = Field(None, ge=0, description="overrides defaults.margin")
+    retire: Retire | None = Field(None, description="overrides defaults.retire")
+    role: Role | None = Field(None, description="its design_role, which the report's analyses look for (the arms "
+                                                "a sweep over tau alone adds are tau_sweep)")
 
     @field_validator("sweep")
     @classmethod
     def _sweep(cls, v):
-        return _check_sweep(v)
+        return check_sweep(v)

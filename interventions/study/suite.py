@@ -15,13 +15,15 @@ PRESETS = ("paper", "default", "smoke")
 
 
 class Entry(Strict):
-    study: str
-    presets: dict[str, str] = {}     # suite preset -> the study's preset, where the names differ
+    """One study of a suite."""
+    study: str = Field(description="a bundled study's name or a study file's path")
+    presets: dict[str, str] = Field({}, description="suite preset -> the study's preset, where the names differ")
 
 
 class Suite(Strict):
-    suite: str
-    studies: list[Entry] = Field(min_length=1)
+    """A suite file (interventions/study/suites/<name>.yaml)."""
+    suite: str = Field(description="the suite's name")
+    studies: list[Entry] = Field(min_length=1, description="the studies, run in this order")
 
 
 def find_suite(name: str) -> Path | None:

@@ -23,23 +23,24 @@ class Strict(BaseModel):
 
 class LogitMatched(Strict):
     """tau at which the sweep's "L at grok" equals `target`'s (tracking.conventions.l_at_grok), interpolated."""
-    derive: Literal["logit_matched"]
-    sweep: list[str] = Field(min_length=1)   # arms of a tau sweep (an arm with a sweep stands for all of them)
-    target: str                              # arm whose median logit_scale at grok is matched
+    derive: Literal["logit_matched"] = Field(description="this derivation")
+    sweep: list[str] = Field(min_length=1, description="arms of a tau sweep (an arm with a sweep stands for all "
+                                                       "of them)")
+    target: str = Field(description="the arm whose \"L at grok\" is matched")
 
 
 class NormAtGrok(Strict):
     """w_c of a free control arm: median over its grokked seeds of the norm at the end of its run
-    (tracking.conventions.w_c; PAPER.md)."""
-    derive: Literal["median_norm_at_grok"]
-    arm: str
+    (tracking.conventions.w_c; docs/statistics.md, w_c)."""
+    derive: Literal["median_norm_at_grok"] = Field(description="this derivation")
+    arm: str = Field(description="the free control arm")
 
 
 class LogitAtGrok(Strict):
     """An arm's "L at grok" (tracking.conventions.l_at_grok: its seed-mean logit_scale at its median t_grok),
     the target of a mediator clamp (levers/logit_norm.py)."""
-    derive: Literal["logit_scale_at_grok"]
-    arm: str
+    derive: Literal["logit_scale_at_grok"] = Field(description="this derivation")
+    arm: str = Field(description="the arm whose \"L at grok\" is taken")
 
 
 Derived = Annotated[Union[LogitMatched, NormAtGrok, LogitAtGrok], Field(discriminator="derive")]

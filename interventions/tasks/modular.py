@@ -1,4 +1,4 @@
-"""Modular arithmetic (PAPER.md): (a op b) mod p over all pairs of residues; x^2 + xy + y^2 (Nanda et al.)."""
+"""Modular arithmetic (docs/reproduction.md, the paper's setup): (a op b) mod p over all pairs of residues; x^2 + xy + y^2 (Nanda et al.)."""
 from __future__ import annotations
 
 from interventions.registry import register_task

@@ -154,7 +154,7 @@ class Backend:
 
     @torch.no_grad()
     def evaluate(self, c: Cohort, full: bool) -> dict[str, torch.Tensor]:
-        """Metrics of every active member over all pairs (PAPER.md definitions), chunked.
+        """Metrics of every active member over all pairs (docs/statistics.md definitions), chunked.
 
         Always: train/test accuracy, logit_scale (mean over all pairs of |z| after the logits levers: z / tau),
         per-layer norms. full (log steps): also the losses, sc_frac (share of training pairs whose
