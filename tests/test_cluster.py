@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks import netns
-from conftest import missing
+from conftest import SMOKE, missing
 
 if os.environ.get("CI", "").lower() != "true":   # under CI every part must be there
     pytest.importorskip("ray")
     if shutil.which("initdb") is None:
         pytest.skip("PostgreSQL's initdb is not on PATH", allow_module_level=True)
-STUDY = ["fork_study", "--preset", "smoke", "--no-progress"]
+STUDY = SMOKE   # the tests' fork study (conftest)
 
 
 def run_cli(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
