@@ -52,7 +52,7 @@ test: $(VENV)/.test browser
 
 # the reference pages are generated from the code as it builds (docs/_gen/hooks.py)
 docs: $(VENV)/.docs
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict   # (Material's notice about MkDocs 2 is not ours)
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

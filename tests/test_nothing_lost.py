@@ -134,7 +134,7 @@ def statements_to_create_a_store(folder: Path) -> int:
 def test_a_kill_anywhere_in_a_new_stores_creation_leaves_no_store_and_the_rerun_ends_identical(smoke_db, tmp_path):
     total = statements_to_create_a_store(tmp_path)
     assert total > 100
-    for n in (1, total // 3, 2 * total // 3, total):   # the first statement ... the last before the rename
+    for n in (1, total // 2, total):   # the first statement, one in the middle, the last before the rename
         db = tmp_path / f"killed_at_{n}" / "mlflow.db"
         r = run_smoke(db, faults=f"store.create=kill-parent@{n}", check=False)
         assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
