@@ -11,13 +11,14 @@ T = the delay from the fork for forked cells, t_grok from init.
 - Mediation through L, seed-paired: over every member of the part (forked or from init) that grokked,
   OLS ln T = arm effects + seed effects + b ln L (L = its logit scale at grok; the product-of-coefficients
   model: the arm effects take up each lever's own route, so b is how ln T moves with ln L between seeds of
-  one arm, beyond what the seed shares across arms). Per lever, over the seeds grokked in both arms: total = mean (ln T_lever - ln T_control), through L
-  = b x mean (ln L_lever - ln L_control), proportion mediated = through L / total. Intervals: 2000
+  one arm, beyond what the seed shares across arms). Per lever, over the seeds grokked in both arms:
+  total = mean (ln T_lever - ln T_control), through L = b x mean (ln L_lever - ln L_control), proportion
+  mediated = through L / total. Intervals: 2000
   resamples of whole seeds (default_rng(0)), b refitted in each. b is fitted over the cells that train with
   the controls' loss: a lever that changes the loss (StableMax) has its L on that loss's own scale, so it
   gets its total effect only.
 - Route (`route`), from the intervals: total's contains 0: no effect this design can tell; through L's
-  contains 0: not through L; else by the proportion's interval: >= 0.5 mostly through L, < 0.5 mostly
+  contains 0: no part through L it can tell; else by the proportion's interval: >= 0.5 mostly through L, < 0.5 mostly
   outside L, across 0.5 partly; above 1 through L more than its whole effect (another route opposes it).
   Where the lever's or the control's cell has no grokking majority, the grokked seeds of each are named.
 Assumes what the paper's mediation does (ASSUMPTIONS in mediation.py), and that one ln L -> ln T slope holds
