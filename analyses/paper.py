@@ -147,7 +147,7 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
     def r(v):
         return "" if v is None else f" ({v:+.1%})"
     lines = ["# The paper, three ways", "",
-             "Each figure of PAPER.md: the value the paper prints, the value from its published data "
+             "Each figure of the paper (docs/reproduction.md): the value the paper prints, the value from its published data "
              "(imported), and from fresh runs; in brackets the relative difference from the printed value. "
              "'-': not in that source (not run yet, not released, or not reached).", "",
              f"Published data: {', '.join(published) or 'none imported'}. Fresh runs: {', '.join(fresh) or 'none'}.",
