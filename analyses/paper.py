@@ -93,10 +93,19 @@ def experiments(names: list[str], preset: str) -> tuple[list[str], list[str]]:
     return published, sorted(fresh)
 
 
+# quantities that can sit near zero, where a relative difference says nothing (-5430% for a delta AIC of
+# -21.3 against 0.4): the table gives their absolute difference instead
+NEAR_ZERO = ("delta_aic", "delta_r2_rho")
+
+
 def rel(value, printed) -> float | None:
     if value is None or printed is None or not isinstance(value, (int, float)) or printed == 0:
         return None
     return (float(value) - printed) / abs(printed)
+
+
+def diff(value, printed) -> float | None:
+    return None if value is None or printed is None or not isinstance(value, (int, float)) else float(value) - printed
 
 
 def table(published: dict[str, list[dict]], fresh: dict[str, list[dict]], fresh_p: int | None = None) -> list[dict]:
@@ -108,8 +117,12 @@ def table(published: dict[str, list[dict]], fresh: dict[str, list[dict]], fresh_
         a = pick(published.get(design, []), where, field)
         mine = where if fresh_p is None else ({**where, "p": fresh_p} if where.get("p") == 59 else None)
         b = pick(fresh.get(design, []), mine, field) if mine is not None else None
+        near_zero = field in NEAR_ZERO
         out.append({"quantity": quantity, "design": design, "paper": printed, "published": a,
-                    "published_rel": rel(a, printed), "fresh": b, "fresh_rel": rel(b, printed)})
+                    "published_rel": None if near_zero else rel(a, printed),
+                    "published_diff": diff(a, printed) if near_zero else None, "fresh": b,
+                    "fresh_rel": None if near_zero else rel(b, printed),
+                    "fresh_diff": diff(b, printed) if near_zero else None})
     return out
 
 
@@ -144,11 +157,13 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
         return f"{v:.0f}" if isinstance(v, float) and abs(v) >= 100 else (f"{v:.4g}" if isinstance(v, float)
                                                                           else str(v))
 
-    def r(v):
-        return "" if v is None else f" ({v:+.1%})"
+    def r(x, source):
+        relative, absolute = x[f"{source}_rel"], x.get(f"{source}_diff")
+        return f" ({relative:+.1%})" if relative is not None else ("" if absolute is None else f" ({absolute:+.3g})")
     lines = ["# The paper, three ways", "",
              "Each figure of the paper (docs/reproduction.md): the value the paper prints, the value from its published data "
-             "(imported), and from fresh runs; in brackets the relative difference from the printed value. "
+             "(imported), and from fresh runs; in brackets the relative difference from the printed value (the "
+             "absolute one for delta AIC and the increment of rho's R^2, which can sit near zero). "
              "'-': not in that source (not run yet, not released, or not reached).", "",
              f"Published data: {', '.join(published) or 'none imported'}. Fresh runs: {', '.join(fresh) or 'none'}.",
              *([f"Fresh runs at a reduced scale: p = {fresh_p} stands in for the paper's p = 59 (other "
@@ -156,8 +171,8 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
                 "design that raises the norm by another rho than 1.15 fills no rho-1.15 row."]
                if fresh_p is not None else []),
              "", "| quantity | paper | published data | fresh runs |", "|---|---|---|---|"]
-    lines += [f"| {x['quantity']} | {f(x['paper'])} | {f(x['published'])}{r(x['published_rel'])} | "
-              f"{f(x['fresh'])}{r(x['fresh_rel'])} |" for x in rows]
+    lines += [f"| {x['quantity']} | {f(x['paper'])} | {f(x['published'])}{r(x, 'published')} | "
+              f"{f(x['fresh'])}{r(x, 'fresh')} |" for x in rows]
     lines += recovery_table(list(fresh_recovery))
     if notes:
         lines += ["", "## Not computed", ""] + [f"- {n}" for n in notes]

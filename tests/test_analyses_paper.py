@@ -163,3 +163,18 @@ def test_fresh_runs_at_a_reduced_scale_fill_the_p59_figures_from_their_own_modul
     assert "p = 31 stands in for the paper's p = 59" in md
     # ... and the design at its own rho still has its recovery, in a table of its own
     assert "| transformer | p=31 ce transformer_noln float32 | 1.05 | 925 | 2950 | - | 0.737 [-, -] | - |" in md
+
+
+def test_a_difference_near_zero_is_given_as_an_absolute_difference():
+    """delta AIC and rho's R^2 increment can sit near zero: "-21.32 (-5430.3%)" said nothing; the absolute
+    difference does. Every other figure keeps its relative difference."""
+    from analyses import paper
+    fresh = {"dose_law": [{"p": 43, "model": "mlp", "delta_aic": -21.32, "alpha": 0.2}]}
+    rows = {r["quantity"]: r for r in paper.table({}, fresh)}
+    aic = rows["dose law p = 43: delta AIC"]
+    assert aic["fresh_rel"] is None and aic["fresh_diff"] == pytest.approx(-21.32 - 0.4)
+    assert rows["dose law p = 43: alpha"]["fresh_rel"] == pytest.approx((0.2 - 0.173) / 0.173)
+    assert rows["dose law p = 43: alpha"]["fresh_diff"] is None
+    md = paper.markdown(list(rows.values()), [], ["x"], [])
+    assert "| dose law p = 43: delta AIC | 0.4 | - | -21.32 (-21.7) |" in md
+    assert "| dose law p = 43: alpha | 0.173 | - | 0.2 (+15.6%) |" in md
