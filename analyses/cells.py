@@ -24,10 +24,12 @@ import pandas as pd
 
 from tracking.conventions import l_at_grok, majority, median, nearest_logged
 
-NUMERIC = ["p", "rho", "tau", "gamma", "seed", "fork_step", "t_int", "w_c", "weight_decay", "budget",
+NUMERIC = ["p", "rho", "tau", "gamma", "seed", "fork_step", "t_int", "w_c", "w_c_ci_low", "w_c_ci_high",
+           "weight_decay", "budget", "weight_norm_final",
            "t_mem", "t_grok", "delay", "grokked", "diverged", "logit_scale_at_grok", "weight_norm_at_grok",
            "N0", "target"]
-TEXT = ["arm", "study", "loss", "model", "precision", "clamp", "design", "tau_source", "design_role", "retire"]
+TEXT = ["arm", "study", "loss", "model", "precision", "clamp", "design", "tau_source", "design_role", "retire",
+        "w_c_source"]
 DEFAULTS = {"tau": 1.0, "gamma": 0.0}
 UNCLAMPED = {"", "none", "free", "nan", "alloc"}
 # the same-state fork's arms by design_role, and the names the report and its JSON give them (docs/statistics.md)
@@ -35,7 +37,7 @@ FORK_ROLES = {"fork_lowered": "clamp_lowered", "fork_free": "free", "fork_same":
               "fork_raised": "clamp_raised"}
 FORK_ARMS = tuple(FORK_ROLES.values())
 GROUP = ["p", "loss", "model", "precision"]
-CURVE_KEYS = ["logit/scale", "softmax/collapse", "test/acc", "train/acc", "repr/fourier_top5"]
+CURVE_KEYS = ["logit/scale", "softmax/collapse", "test/acc", "train/acc", "repr/fourier_top5", "norm/total"]
 
 
 def prepare_members(members: pd.DataFrame) -> pd.DataFrame:
@@ -85,7 +87,7 @@ def summarize(members: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.D
         ok = g[g["ok"]]
         t_grok = float(np.median(ok["t_grok"])) if len(ok) else np.nan
         row = {"cell": cell, **{c: first[c] for c in TEXT}, **{c: first[c] for c in
-               ["p", "rho", "tau", "gamma", "fork_step", "t_int", "w_c", "weight_decay"]}}
+               ["p", "rho", "tau", "gamma", "fork_step", "t_int", "w_c", "w_c_ci_low", "w_c_ci_high", "weight_decay"]}}
         incomplete = _incomplete(g)
         row.update(n_seeds=len(g), n_grokked=len(ok), majority=majority(len(ok), len(g)) and not incomplete,
                    incomplete=incomplete, t_grok=t_grok,

@@ -20,7 +20,9 @@ CONVENTIONS = f"""## Conventions
   design T is the median delay from the fork (t_grok - fork_step).
 - L at grok = the arm's seed-mean `logit/scale` curve at the logged step nearest the cell's median t_grok
   (tracking.conventions.l_at_grok: the engine derives the logit-matched tau from the same value).
-- w_c = median over the control's grokked seeds of each seed's norm at the end of the control's run.
+- w_c = median over the control's grokked seeds of each seed's norm at the end of the control's run; its
+  95% interval: 4000 smoothed resamples of the control's seeds (numpy default_rng(0)), each recomputing the
+  end of the run (the last grok among the drawn seeds) and the median norm there from the seeds' norm curves.
 - Recovery = (T1 - T2) / (T1 - T0); T2 linear in L between the two tau-sweep cells bracketing the baseline's
   L (no extrapolation); realized T2 = the logit-matched arm's median.
 - Bootstrap CIs: 4000 paired resamples of seeds (one index draw per resample shared by all arms,
@@ -37,7 +39,7 @@ CONVENTIONS = f"""## Conventions
 
 
 def markdown(experiment: str, uri: str, cells: pd.DataFrame, results: dict, notes: list[str],
-             figs: dict[str, list[str]]) -> str:
+             figs: dict[str, list[str]], w_c: list[str] = ()) -> str:
     retire = sorted(set(cells["retire"]) - {"", "none", "nan"})
     how = {"arm": "retire: arm (every seed of an arm trained until all had grokked, as the paper's runner)",
            "member": "retire: member (each seed stopped at its own t_grok: seed-mean curves thin out after "
@@ -53,6 +55,7 @@ def markdown(experiment: str, uri: str, cells: pd.DataFrame, results: dict, note
                        ("embedding", "The embedding at the fork, at t_grok and at the end (PCA)")):
         if figs.get(key):
             out += [f"## {title}", ""] + [f"![{key}]({Path(p).name})" for p in figs[key]] + [""]
+    out += list(w_c)
     out += ["## Not computed (or only in part)", ""]
     out += [f"- {n}" for n in notes] if notes else ["- nothing: every design found was computed."]
     out += ["", "## Cells", "", _cells_table(cells), "", CONVENTIONS]

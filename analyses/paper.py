@@ -5,7 +5,15 @@ name: `<study>-paper` and `<study>-paper_mse`, or `<study>` and `mediation-defau
 default`), each with its relative difference from the printed value."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+
+import pandas as pd
+
+from analyses import wc
+from analyses.html import report_html
+from analyses.compute import ReportError, analyse, load
 
 # (quantity, printed value (None: not reached), design, where (row filter), field; "a/b" nests,
 # "sweep[tau=1.3]/T" picks the list item with tau 1.3). The paper's tables (docs/reproduction.md).
@@ -14,6 +22,8 @@ MSE = {"p": 59, "loss": "mse", "model": "mlp", "time": "t_grok"}
 TF = {"p": 59, "model": "transformer_noln", "time": "t_grok"}
 UP = {"rho": 1.15}   # figures of the norm-up arm: a fresh design raising the norm by another rho has none
 FIGURES = [
+    ("w_c (CE), p = 59", 54.49, "w_c", {"p": 59, "loss": "ce", "model": "mlp"}, "w_c"),
+    ("w_c (CE), p = 97", 65.85, "w_c", {"p": 97, "loss": "ce", "model": "mlp"}, "w_c"),
     ("T0, median t_grok (CE)", 3675, "recovery", CE, "T0"),
     ("T1, median t_grok (CE)", 12600, "recovery", {**CE, **UP}, "T1"),
     ("recovery fraction (CE)", 0.833, "recovery", {**CE, **UP}, "estimate"),
@@ -118,7 +128,9 @@ def table(published: dict[str, list[dict]], fresh: dict[str, list[dict]], fresh_
         mine = where if fresh_p is None else ({**where, "p": fresh_p} if where.get("p") == 59 else None)
         b = pick(fresh.get(design, []), mine, field) if mine is not None else None
         near_zero = field in NEAR_ZERO
-        out.append({"quantity": quantity, "design": design, "paper": printed, "published": a,
+        ci = {f"{side}_ci": pick(rows.get(design, []), w, f"{field}_ci") if w is not None and "/" not in field
+              else None for side, rows, w in (("published", published, where), ("fresh", fresh, mine))}
+        out.append({"quantity": quantity, "design": design, "paper": printed, "published": a, **ci,
                     "published_rel": None if near_zero else rel(a, printed),
                     "published_diff": diff(a, printed) if near_zero else None, "fresh": b,
                     "fresh_rel": None if near_zero else rel(b, printed),
@@ -150,7 +162,7 @@ def recovery_table(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: list[str],
-             fresh_p: int | None = None, fresh_recovery: list[dict] = ()) -> str:
+             fresh_p: int | None = None, fresh_recovery: list[dict] = (), doses: list[dict] = ()) -> str:
     def f(v):
         if v is None:
             return "-"
@@ -158,12 +170,14 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
                                                                           else str(v))
 
     def r(x, source):
-        relative, absolute = x[f"{source}_rel"], x.get(f"{source}_diff")
-        return f" ({relative:+.1%})" if relative is not None else ("" if absolute is None else f" ({absolute:+.3g})")
+        relative, absolute, ci = x[f"{source}_rel"], x.get(f"{source}_diff"), x.get(f"{source}_ci")
+        ci = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        return ci + (f" ({relative:+.1%})" if relative is not None else ("" if absolute is None else f" ({absolute:+.3g})"))
     lines = ["# The paper, three ways", "",
              "Each figure of the paper (docs/reproduction.md): the value the paper prints, the value from its published data "
              "(imported), and from fresh runs; in brackets the relative difference from the printed value (the "
-             "absolute one for delta AIC and the increment of rho's R^2, which can sit near zero). "
+             "absolute one for delta AIC and the increment of rho's R^2, which can sit near zero); w_c with its "
+             "95% interval (a bootstrap over the control's seeds, docs/statistics.md). "
              "'-': not in that source (not run yet, not released, or not reached).", "",
              f"Published data: {', '.join(published) or 'none imported'}. Fresh runs: {', '.join(fresh) or 'none'}.",
              *([f"Fresh runs at a reduced scale: p = {fresh_p} stands in for the paper's p = 59 (other "
@@ -174,6 +188,59 @@ def markdown(rows: list[dict], published: list[str], fresh: list[str], notes: li
     lines += [f"| {x['quantity']} | {f(x['paper'])} | {f(x['published'])}{r(x, 'published')} | "
               f"{f(x['fresh'])}{r(x, 'fresh')} |" for x in rows]
     lines += recovery_table(list(fresh_recovery))
+    if doses:
+        lines += [""] + wc.markdown([], [], list(doses))[:-1]
     if notes:
         lines += ["", "## Not computed", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def printed_cells() -> dict[tuple, float]:
+    """{(p, loss, model, design_role): the t_grok the paper prints}: the recovery design's T0 (its baseline)
+    and T1 (its norm-up arm) among FIGURES."""
+    roles = {"T0": "baseline", "T1": "norm_up"}
+    return {(w["p"], w["loss"], w["model"], roles[f]): v for _, v, d, w, f in FIGURES
+            if d == "recovery" and f in roles and "loss" in w}
+
+
+def report(uri: str, preset: str, out: Path, json_path: Path) -> dict:
+    """`analyses.report paper`: the three-way table over every experiment it finds, each control's w_c with
+    its interval, and every fresh clamped cell against the release's dose cells at its held norm."""
+    from tracking.store import client
+    names = [e.name for e in client(uri).search_experiments()]
+    published, fresh = experiments(names, preset)
+    merged: dict[str, dict[str, list[dict]]] = {"published": {}, "fresh": {}}
+    all_cells: dict[str, list] = {"published": [], "fresh": []}
+    notes: list[str] = []
+    for side, exps in (("published", published), ("fresh", fresh)):
+        for x in exps:
+            try:
+                members, cells, curves = load(x, uri)
+            except ReportError as e:
+                notes.append(str(e))
+                continue
+            results, why = analyse(members, cells)
+            results["w_c"] = wc.control_rows(members, cells, curves)
+            notes += [f"{x}: {n}" for n in why]
+            all_cells[side].append(cells.assign(experiment=x))
+            for design, rows in results.items():
+                merged[side].setdefault(design, []).extend({**r, "experiment": x} for r in rows)
+    if not published and not fresh:
+        raise ReportError(f"no paper experiments in {uri}: import the published data (python -m "
+                          "tracking.import_npz) or run the suite (python -m interventions.run paper)")
+    fresh_p = scale_of(merged["fresh"], preset)
+    rows = table(merged["published"], merged["fresh"], fresh_p)
+    doses = wc.dose_rows(pd.concat(all_cells["fresh"], ignore_index=True),
+                         pd.concat(all_cells["published"], ignore_index=True), printed_cells()) \
+        if all_cells["fresh"] and all_cells["published"] else []
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(rows, published, fresh, notes, fresh_p, merged["fresh"].get("recovery", []), doses)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(report_html(md, out, "Report: the paper"))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"figures": rows, "published": published, "fresh": fresh, "fresh_p": fresh_p,
+                                     "w_c": {s: merged[s].get("w_c", []) for s in merged},
+                                     "dose_law_comparison": doses, "notes": notes},
+                                    indent=2, allow_nan=False, default=float))
+    return {"results": {"paper": rows}, "notes": notes,
+            "files": [str(out / "report.md"), str(out / "report.html"), str(json_path)]}

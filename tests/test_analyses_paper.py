@@ -41,7 +41,7 @@ def only(rows):
 
 def test_recovery_and_tau_sweep(p59):
     res, md, _ = p59[1]["mediation"]
-    assert set(res) == {"recovery", "memorization_control", "mediation"}
+    assert set(res) - {"w_c"} == {"recovery", "memorization_control", "mediation"}
     r = only(res["recovery"])
     assert (r["T0"], r["T1"], round(r["T2_interpolated"])) == (3675, 12600, 5166)
     assert [round(x, 3) for x in (r["estimate"], r["ci_low"], r["ci_high"])] == [0.833, 0.818, 0.852]
@@ -70,7 +70,7 @@ def test_memorization_control_and_mediation(p59):
 
 def test_collapse(p59):
     res, md, _ = p59[1]["collapse"]
-    assert set(res) == {"collapse"}
+    assert set(res) - {"w_c"} == {"collapse"}
     c = only(res["collapse"])
     assert c["n_cells"] == 12
     assert [round(c[k], 3) for k in ("r2_logit", "r2_rho", "r2_both", "delta_r2_rho")] == [0.968, 0.407, 0.988, 0.020]
@@ -107,13 +107,14 @@ def test_allocation_swing(p59):
 
 @pytest.fixture(scope="module")
 def paper_report(paper_metrics, tmp_path_factory):
-    """`analyses.report paper` over the release's p = 59 files (and the p = 43 dose cells), imported."""
+    """`analyses.report paper` over the release's p = 59 files (and the p = 43 dose cells, the p = 97 control),
+    imported."""
     from tracking.import_npz import import_dir
     root = tmp_path_factory.mktemp("paper")
     for folder in ("mediation", "collapse", "dose", "alloc", "samestate", "transformer"):
         (root / "src" / folder).mkdir(parents=True)
         for f in (paper_metrics / folder).glob("*.npz"):
-            if ("p59" in f.name or "_p43_" in f.name) and not f.stem.endswith("_weights"):
+            if ("p59" in f.name or "_p43_" in f.name or "_p97_ctrl" in f.name) and not f.stem.endswith("_weights"):
                 (root / "src" / folder / f.name).symlink_to(f)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     import_dir(root / "src", uri, log=lambda *_: None)
@@ -134,6 +135,22 @@ def test_the_paper_report_fills_the_published_column_with_the_printed_values(pap
     assert off == {"dose law p = 43: n", "dose law p = 43: delta AIC"}, off
     assert rows["float64 audit rho 1.15: T32"]["published"] is None
     assert "| T0, median t_grok (CE) | 3675 | 3675 (+0.0%) | - |" in md
+
+
+def test_the_paper_report_reproduces_the_published_w_c_and_gives_its_interval(paper_report):
+    """w_c = 54.49 (p = 59) and 65.85 (p = 97), PAPER.md, from the released controls; the interval reads each
+    seed's curve as its end-of-run norm times the seed-mean curve's shape (the release has no per-seed
+    curves), and holds the point value."""
+    res, md = paper_report
+    rows = {r["quantity"]: r for r in res["figures"]}
+    for p, printed in ((59, 54.49), (97, 65.85)):
+        row = rows[f"w_c (CE), p = {p}"]
+        lo, hi = row["published_ci"]
+        assert round(row["published"], 2) == printed and lo < row["published"] < hi and hi - lo < 3
+        assert f"| w_c (CE), p = {p} | {printed} | {printed} [{lo:.2f}, {hi:.2f}]" in md
+    (control,) = [c for c in res["w_c"]["published"] if c["arm"] == "mlp_ce_full_p97_ctrl"
+                  and c["experiment"] == "paper/mediation"]
+    assert control["curves_from"] == "seed-mean shape" and control["n_grokked"] == 12
 
 
 def test_fresh_runs_at_a_reduced_scale_fill_the_p59_figures_from_their_own_modulus():

@@ -2,7 +2,10 @@
 no-LayerNorm transformer): each prints its paper-scale graph, runs its smoke preset in seconds, and the
 report computes its section from those fresh runs."""
 import json
+import math
 import statistics
+
+import numpy as np
 
 import pytest
 
@@ -34,11 +37,11 @@ def smoke(request, tmp_path_factory):
     js = tmp / "report.json"
     assert report.main([name, "--tracking-uri", uri, "--out", str(tmp / "report"), "--json", str(js)]) == 0
     state = json.loads((snapshot_dir(uri, name) / "state.json").read_text())
-    return study, arms, json.loads(js.read_text()), state
+    return study, arms, json.loads(js.read_text()), state, uri
 
 
 def test_the_smoke_preset_trains_and_the_report_computes_its_section(smoke):
-    study, arms, res, _ = smoke
+    study, arms, res, *_ = smoke
     assert arms["ctrl"]["status"] == "done"
     (row,) = res[SECTION[study]] if study != "precision_audit" else res[SECTION[study]][-1:]
     if study == "dose_law":
@@ -67,7 +70,7 @@ def test_the_allocation_swing_is_max_over_min_median_t_grok_and_readout_heavy_ce
     seeds, of their median t_grok: recomputed here from the members' results, cell by cell in gamma order.
     The smoke run's sign: norm moved into the readout (gamma > 0) slows grokking; the gamma 0.6 cell does
     not grok in a majority within the budget, while every cell at gamma <= 0 does."""
-    _, arms, res, _ = smoke
+    _, arms, res, *_ = smoke
     (row,) = res["allocation"]
     cells = {a: v for a, v in arms.items() if v["params"]["design_role"] == "alloc_cell"}
     assert sorted(v["params"]["gamma"] for v in cells.values()) == [-0.6, -0.3, 0.0, 0.3, 0.6]
@@ -88,7 +91,7 @@ def test_the_transformer_smoke_recovery_is_computed_from_its_cells_and_lies_in_0
     baseline's, and recovery = (T1 - T2) / (T1 - T0) lies in [0, 1] because those cells' T lie between
     T0 and T1 (a temperature takes back part of the norm's delay, here not all of it), inside its CI.
     The logit-matched arm's derived tau lies strictly between the bracketing sweep taus."""
-    _, arms, res, _ = smoke
+    _, arms, res, *_ = smoke
     (row,) = res["recovery"]
     T0, T1 = grokked_median(arms["base"]), grokked_median(arms["up"])
     assert (row["T0"], row["T1"]) == (T0, T1) and T1 > T0
@@ -109,11 +112,61 @@ def test_the_transformer_smoke_recovery_is_computed_from_its_cells_and_lies_in_0
 
 @pytest.mark.parametrize("smoke", ["allocation"], indirect=True)
 def test_allocation_cells_move_norm_from_the_controls_own_shares(smoke):
-    _, arms, _, state = smoke
+    _, arms, _, state, _ = smoke
     base = conventions.alloc_base(arms["ctrl"]["results"])
     assert set(base) == {"E", "W1", "W2"}
     for name in ("alloc_gamma-0.3", "alloc_gamma0.3"):
         assert state["levers"][name]["alloc_base"] == base      # the control's shares, not the member's own
+
+
+def release_npz(folder, p: int, w_c: float, rhos, t_grok) -> None:
+    """A synthetic release in the paper's format: dose cells at rho x w_c with the given median t_grok."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for rho, t in zip(rhos, t_grok):
+        np.savez(folder / f"mlp_ce_full_p{p}_clamp_rho{rho:.2f}.npz", p=p, arm="clamp", rho=rho, t_int=50,
+                 wc_used=w_c, max_steps=5000, loss="ce", arch="mlp", alpha=0.7, lam=3.0, lr=1e-2,
+                 T_mem_per_seed=np.array([75, 75]), T_grok_per_seed=np.array([t, t]),
+                 wn_at_grok=np.full(2, rho * w_c, np.float32))
+
+
+@pytest.mark.parametrize("smoke", ["dose_law"], indirect=True)
+def test_fresh_clamped_cells_are_compared_with_a_release_dose_law_at_their_held_norm(smoke, tmp_path):
+    """The fresh dose cells held rho x their own w_c (derived from ctrl, with its interval); a synthetic
+    release at the same modulus, clamped at another w_c, gives the t_grok expected at each fresh held norm by
+    interpolation in ln t_grok. Both the study's report (`--release paper`) and the paper report show it."""
+    from tracking.import_npz import import_dir
+    _, arms, res, _, uri = smoke
+    ctrl = arms["ctrl"]["summary"]
+    (held,) = res["w_c"]["held"]
+    assert (held["w_c"], held["source"], held["ci_low"], held["ci_high"]) == pytest.approx(
+        (ctrl["w_c"], "derived:median_norm_at_grok(ctrl)", ctrl["w_c_ci_low"], ctrl["w_c_ci_high"]))
+    (control,) = res["w_c"]["controls"]
+    assert control["curves_from"] == "per-seed curves"          # the report recomputes the engine's interval
+    assert (control["ci_low"], control["ci_high"]) == pytest.approx((ctrl["w_c_ci_low"], ctrl["w_c_ci_high"]))
+    w_rel, rhos, T = 1.04 * ctrl["w_c"], [0.85, 0.95, 1.0, 1.1, 1.2], [300, 400, 500, 800, 1300]
+    release_npz(tmp_path / "src" / "dose", 23, w_rel, rhos, T)
+    import_dir(tmp_path / "src", uri, log=lambda *_: None)
+    js = tmp_path / "study.json"
+    assert report.main(["dose_law-smoke", "--release", "paper", "--tracking-uri", uri, "--out", str(tmp_path / "a"),
+                        "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())["w_c"]["dose_law_comparison"]
+    W = [float(np.float32(r * w_rel)) for r in rhos]
+    fresh = {a: v for a, v in arms.items() if v["params"]["design_role"] == "dose_cell" and grokked_median(v)}
+    assert {r["arm"] for r in rows} == set(fresh) and rows
+    for r in rows:
+        arm = arms[r["arm"]]
+        held_norm = statistics.median(x["weight_norm_at_grok"] for x in arm["results"] if x["grokked"])
+        assert r["held_norm"] == pytest.approx(held_norm)
+        assert r["predicted"] == pytest.approx(math.exp(np.interp(held_norm, W, np.log(T))), rel=1e-9)
+        twin = T[rhos.index(round(arm["params"]["rho"], 2))] if round(arm["params"]["rho"], 2) in rhos else None
+        assert r["release"] == twin and r["fresh"] == grokked_median(arm)
+        if twin is not None and r["fresh"] != twin:
+            assert r["explained"] == pytest.approx((r["predicted"] - twin) / (r["fresh"] - twin))
+    js = tmp_path / "paper.json"
+    assert report.main(["paper", "--preset", "smoke", "--tracking-uri", uri, "--out", str(tmp_path / "b"),
+                        "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["dose_law_comparison"] == rows
+    assert "## Fresh clamped cells against the release's dose law" in (tmp_path / "b" / "report.md").read_text()
 
 
 def test_the_paper_suite_names_every_study_and_refuses_what_it_cannot_run(capsys):

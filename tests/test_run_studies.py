@@ -4,6 +4,8 @@ import statistics
 
 import pytest
 
+from interventions.execution import plan
+from interventions.study.derive import levers as resolve_levers
 from interventions.study.graph import build_graph
 from interventions.execution.studies import run_study
 from interventions.study.spec import load_study
@@ -27,6 +29,14 @@ def test_mediation_smoke_derives_w_c_and_the_logit_matched_tau(mediation_smoke):
     w_c = statistics.median(r["weight_norm_final"] for r in ctrl)
     assert arms["base"]["params"]["w_c_at_grok"] == pytest.approx(statistics.median(r["weight_norm_at_grok"]
                                                                                     for r in ctrl))
+    # w_c's interval (tracking.conventions.w_c_interval): on the control's arm run, and beside w_c on its users
+    s = arms["ctrl"]["summary"]
+    assert s["w_c"] == pytest.approx(w_c) and s["w_c_ci_low"] <= w_c <= s["w_c_ci_high"]
+    assert s["w_c_ci_low"] < s["w_c_ci_high"]
+    base = arms["base"]["params"]
+    assert (base["w_c_source"], base["w_c_ci_low"], base["w_c_ci_high"]) == (
+        "derived:median_norm_at_grok(ctrl)", s["w_c_ci_low"], s["w_c_ci_high"])
+    assert arms["ctrl"]["params"]["w_c_source"] is None   # a free arm holds no w_c
     for name, rho in (("base", 1.0), ("up", 1.15), ("up_tau1.3", 1.15), ("logit_matched", 1.15)):
         prm = arms[name]["params"]
         assert prm["w_c"] == pytest.approx(w_c) and prm["clamp"] == "w_c" and prm["t_int"] == 50
@@ -40,6 +50,15 @@ def test_mediation_smoke_derives_w_c_and_the_logit_matched_tau(mediation_smoke):
     assert abs(L["logit_matched"] - L["base"]) < 0.25 * abs(L["up"] - L["base"])
     assert not (tmp / "mlflow.db").exists()                 # tracking off: no store
     assert (tmp / "snapshots" / "mediation-smoke" / "state.json").is_file()
+
+
+def test_a_w_c_given_in_the_study_file_or_by_set_is_marked_given():
+    """`--set defaults.levers.w_c=65.85` (the paper's p = 97 value) holds the paper's absolute norms: the clamp
+    arms say w_c was given, with no interval."""
+    graph = build_graph(load_study("mediation", "smoke", ["defaults.levers.w_c=65.85"]))
+    prm = plan.params(graph, "up", resolve_levers(graph, "up", {}, None), None, {})
+    assert (prm["w_c"], prm["w_c_source"], prm["w_c_ci_low"], prm["w_c_ci_high"]) == (65.85, "given", None, None)
+    assert resolve_levers(graph, "up", {}, None).settings("clamp").target == pytest.approx(1.15 * 65.85)
 
 
 def test_the_logit_matched_tau_is_derived_from_the_L_the_report_prints(mediation_smoke):

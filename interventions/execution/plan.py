@@ -18,9 +18,11 @@ from interventions.study.schema import entry_kwargs
 from interventions.vocab import Levers, MemberKey
 
 
-def params(graph: Graph, name: str, levers: Levers, fork_step: int | None, w_c_at_grok: float | None) -> dict:
+def params(graph: Graph, name: str, levers: Levers, fork_step: int | None, derived: dict) -> dict:
     """Identical keys on every arm and member run of a study (the MLflow contract): the task, model, loss,
-    optimizer and budgets, and the params of every lever some arm of the study names (levers.params)."""
+    optimizer and budgets, the params of every lever some arm of the study names (levers.params), and where
+    the arm's w_c came from (`given`, or derived: study.derive) with its interval (`derived`: the arm's
+    derived settings)."""
     a, st = graph.arms[name], graph.study
     d = st.defaults
     opt = entry_kwargs("optimizer", a.optimizer)
@@ -28,7 +30,7 @@ def params(graph: Graph, name: str, levers: Levers, fork_step: int | None, w_c_a
            "optimizer": opt["optimizer"], "train_fraction": d.task.train_fraction, "lr": opt.get("lr"),
            "weight_decay": opt.get("weight_decay"), "budget": a.budget, "eval_every": d.eval_every,
            "fork_from": a.parent, "fork_step": fork_step, "design": st.design, "design_role": a.role or None,
-           "retire": a.retire, "w_c_at_grok": w_c_at_grok}
+           "retire": a.retire, "w_c_at_grok": derived.get("w_c_at_grok")}
     # every loss setting any arm has (None where this arm's loss has none); the optimizer's where arms differ
     arms = graph.arms.values()
     out.update({f"loss.{k}": a.loss_settings.get(k) for b in arms for k in b.loss_settings})
@@ -37,6 +39,9 @@ def params(graph: Graph, name: str, levers: Levers, fork_step: int | None, w_c_a
                     if k not in ("optimizer", "lr", "weight_decay")})
     for n in graph.levers_used():
         out.update(LEVERS.get(n).params(levers.settings(n)))
+    given = out.get("w_c") is not None and all(k != "w_c" for _, k in a.derived)   # a number (study file, --set)
+    out.update(w_c_source="given" if given else derived.get("w_c_source"), w_c_ci_low=derived.get("w_c_ci_low"),
+               w_c_ci_high=derived.get("w_c_ci_high"))
     return out
 
 

@@ -29,10 +29,10 @@ from interventions.engine import checkpoints, native, snapshot
 from interventions.execution import completeness, plan
 from interventions.execution.jobs import CohortJob, LocalExecutor
 from interventions.execution.persist import ResumeError, Worker, load_state, snapshot_dir, write_text
-from interventions.execution.summary import arm_summary, arm_table
+from interventions.execution.summary import arm_summary, arm_table, w_c_summary
 from interventions.execution.tracker import NullRecorder, Tracker, plugin_tags, provenance
 from interventions.registry import LEVERS
-from interventions.study.derive import derive
+from interventions.study.derive import derive, w_c_sources
 from interventions.study.derive import levers as resolve_levers
 from interventions.study.graph import Graph
 from interventions.study.views import describe, picture
@@ -76,7 +76,7 @@ class Runner:
     def params(self, name: str) -> dict:
         f = self.g.arms[name].fork
         return plan.params(self.g, name, self.levers(name), self.state["forks"].get(f.name) if f else None,
-                           self.state["derived"].get(name, {}).get("w_c_at_grok"))
+                           self.state["derived"].get(name, {}))
 
     # ------------------------------------------------------------ main loop
     def run(self) -> dict[str, dict]:
@@ -143,6 +143,8 @@ class Runner:
             results = [r for r in result["results"] if r["key"].arm == name]
             curves = {r["key"]: result["curves"][r["key"]] for r in results}
             summary = arm_summary(results, curves)
+            if name in w_c_sources(self.g):
+                summary.update(w_c_summary(results, curves, self.g.arms[name].retire))
             ckpts = {r["key"]: result["checkpoints"][r["key"]] for r in results if r["key"] in result["checkpoints"]}
             if ckpts:
                 self.worker.put(self._log_checkpoints, ckpts, job.fork_file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from tracking.conventions import grokked, l_at_grok, majority, median, seed_mean_curve
+from tracking.conventions import grokked, l_at_grok, majority, median, norm_curve, seed_mean_curve, w_c, w_c_interval
 
 SUMMARY_KEYS = ("t_mem", "t_grok", "delay", "logit_scale_at_grok", "weight_norm_at_grok", "N0", "target")
 
@@ -33,6 +33,13 @@ def arm_summary(results: list[dict], curves: dict[str, dict] | None = None) -> d
     out.update(n_seeds=len(results), n_grokked=len(grok), n_diverged=sum(bool(r["diverged"]) for r in results),
                majority=int(majority(len(grok), len(results))))
     return out
+
+
+def w_c_summary(results: list[dict], curves: dict[str, dict], retire: str) -> dict:
+    """A w_c source arm's w_c and its 95% interval (tracking.conventions.w_c_interval) from its members'
+    norm curves (`curves`: member key -> curves); None where it has no grokking majority."""
+    ci = w_c_interval(results, [norm_curve(r, curves[r["key"]].get("norm/total", [])) for r in results], retire)
+    return {"w_c": w_c(results), "w_c_ci_low": ci and ci[0], "w_c_ci_high": ci and ci[1]}
 
 
 def seed_mean_curves(member_curves) -> dict[str, list[tuple[int, float]]]:

@@ -33,7 +33,7 @@ def levers(graph: Graph, name: str, derived: dict, fork_step: int | None) -> Lev
 def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
     """Resolve the derived settings of arm `name` from finished arms (`done`: arm -> its state entry, with
     `results` and `summary`): {setting (as the study file writes it): value, <setting>_source: how, ...,
-    w_c_at_grok}; raises RuntimeError if impossible. Statistics: tracking.conventions (the analyses score
+    w_c_at_grok, w_c_source, w_c_ci_low, w_c_ci_high}; raises RuntimeError if impossible. Statistics: tracking.conventions (the analyses score
     the arms with the same ones)."""
     a, out = graph.arms[name], {}
     for lever, setting in a.derived:
@@ -50,6 +50,9 @@ def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
             out[_key(lever, "alloc_base")] = conventions.alloc_base(results)   # an allocation clamp's base
             out["w_c_at_grok"] = conventions.median(r.get("weight_norm_at_grok") for r in results
                                                     if conventions.grokked(r))
+            summary = done[ref]["summary"]   # its interval (summary.w_c_summary), where the source logged one
+            out.update(w_c_source=f"derived:median_norm_at_grok({ref})", w_c_ci_low=summary.get("w_c_ci_low"),
+                       w_c_ci_high=summary.get("w_c_ci_high"))
         elif isinstance(spec, LogitAtGrok):
             ref = a.derive_from[f"{lever}.{setting}"][0]
             L = _cell_L(done[ref]["summary"])
@@ -57,6 +60,13 @@ def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
                 raise RuntimeError(f"arm {name}: {key} needs {ref} to grok in a majority of seeds; it did not")
             out[key], out[f"{key}_source"] = float(L), f"derived:logit_scale_at_grok({ref})"
     return out
+
+
+def w_c_sources(graph: Graph) -> set[str]:
+    """The arms some arm derives w_c from (`{derive: median_norm_at_grok, arm: ...}`): their summaries carry
+    w_c and its interval (summary.w_c_summary)."""
+    return {graph.arms[a.name].derive_from[f"{lever}.{setting}"][0] for a in graph.arms.values()
+            for lever, setting in a.derived if isinstance(getattr(a.levers[lever], setting), NormAtGrok)}
 
 
 def _cell_L(summary: dict) -> float | None:
