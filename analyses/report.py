@@ -1,7 +1,9 @@
-"""Scripted mediation report: `python -m analyses.report EXPERIMENT [--tracking-uri URI] [--out DIR] [--json PATH]`.
+"""Scripted mediation report: `python -m analyses.report EXPERIMENT [--tracking-uri URI] [--out DIR] [--json PATH]
+[--release EXPERIMENT]`.
 
 Reads the experiment's member and arm runs back from MLflow (tracking.query), finds which designs it holds
-(designs.py), computes each (one small module per design), and writes report.md (tables at the paper's
+(designs.py), computes each (compute.py; one small module per design), adds w_c as its clamped cells held it
+(wc.py; with --release, beside an imported release's dose law at the same held norm), and writes report.md (tables at the paper's
 printed precision), report.html (the same page, self-contained), PNG figures and a JSON object with one
 list per design found to DIR (default reports/<experiment>), then logs the same files to a run tagged role=report under the study run.
 Exit 0 on success; 2 for an unreachable store, an unknown experiment or no analysable design (message on
@@ -14,130 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from analyses import beyond, figures
-from analyses.allocation import allocation_swing
-from analyses.cells import CURVE_KEYS, mean_member_curves, prepare_members, summarize
-from analyses.collapse import collapse_fit
-from analyses.designs import FINDERS, MEDIATION_SET, allowed_analyses
-from analyses.doselaw import dose_law
-from analyses.forks import fork_contrast
+from analyses import beyond, figures, wc
+from analyses.compute import ReportError, analyse, load
 from analyses.html import report_html
-from analyses.markdown import _f, markdown
-from analyses.mediation import mediation_fit
-from analyses.memorization import delay_share
-from analyses.precision import precision_pair
-from analyses.recovery import recovery
-
-ORDER = ["recovery", "memorization_control", "mediation", "collapse", "fork", "dose_law", "allocation", "precision",
-         *beyond.MODULES]
-
-
-class ReportError(Exception):
-    """No report can be made (unknown experiment, no members, no analysable design)."""
-
-
-# ---------------------------------------------------------------- loading
-def load(experiment: str, uri: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(members, cells, curves) of an experiment; curves are the arm runs' seed means (run_id = cell id)."""
-    from tracking.query import load_curves, load_members
-    try:
-        raw = load_members(experiment, uri)
-    except LookupError as e:
-        raise ReportError(str(e)) from None
-    if raw.empty:
-        raise ReportError(f"experiment {experiment!r} in {uri} holds no member runs (tag role=member)")
-    members = prepare_members(raw)
-    cell_ids = list(members["cell"].unique())
-    curves = load_curves(cell_ids, CURVE_KEYS, uri)
-    bare = [c for c in cell_ids if not ((curves["run_id"] == c) & (curves["key"] == "logit/scale")).any()]
-    if bare:  # arm runs without seed-mean curves: average the members' own curves
-        member_ids = list(members.loc[members["cell"].isin(bare), "run_id"])
-        curves = pd.concat([curves, mean_member_curves(members, load_curves(member_ids, CURVE_KEYS, uri))],
-                           ignore_index=True)
-    return members, summarize(members, curves), curves
-
-
-# ---------------------------------------------------------------- analysis
-def analyse(members: pd.DataFrame, cells: pd.DataFrame) -> tuple[dict[str, list[dict]], list[str]]:
-    """Every design the cells hold -> {design: [result rows]}, plus notes on what could not be computed."""
-    results: dict[str, list[dict]] = {}
-    notes: list[str] = []
-    allowed = allowed_analyses(cells)
-    by_cell = cells.set_index("cell", drop=False)
-
-    def attempt(design: str, label: str, fn):
-        try:
-            row = fn()
-        except (ValueError, np.linalg.LinAlgError) as e:
-            notes.append(f"{design} ({label}): {e}")
-            return
-        row["group"] = label
-        if row.get("note"):
-            notes.append(f"{design} ({label}): {row['note']}")
-        notes.extend(f"{design} ({label}): left out {r['arm']}: {r['reason']}" for r in row.get("left_out", ()))
-        results.setdefault(design, []).append(row)
-
-    if "recovery" in allowed:
-        specs, found = FINDERS["recovery"](cells)
-        notes += found
-        for s in specs:
-            family = s["sweep"] + ([s["matched"]] if s["matched"] else [])
-            attempt("recovery", s["group"], lambda: _recovery(members, cells, s))
-            # in a fork design every arm inherits the trunk's t_mem: the control only means something where
-            # arms memorize on their own
-            if "memorization_control" in allowed and s["time"] != "fork_delay":
-                attempt("memorization_control", s["group"], lambda: delay_share(by_cell.loc[s["sweep"]]))
-            if "mediation" in allowed:
-                attempt("mediation", s["group"],
-                        lambda: mediation_fit(members, cells, s["base"], family, s["time"]))
-    simple = {"collapse": lambda s: collapse_fit(by_cell.loc[s["cells"]]),
-              "dose_law": lambda s: dose_law(by_cell.loc[s["cells"]]),
-              "allocation": lambda s: allocation_swing(by_cell.loc[s["cells"]]),
-              "fork": lambda s: _fork(members, s),
-              "precision": lambda s: precision_pair(by_cell.loc[s["float32"]], by_cell.loc[s["float64"]])}
-    for design, fn in simple.items():
-        if design not in allowed:
-            continue
-        specs, found = FINDERS[design](cells)
-        notes += found
-        for s in specs:
-            label = s.get("group") or by_cell.at[s["float32"], "group"].replace(" float32", "")
-            attempt(design, label, lambda: fn(s))
-    for design, mod in beyond.MODULES.items():
-        if design in allowed:
-            specs, found = mod.find(cells)
-            notes += found
-            for s in specs:
-                attempt(design, s["group"], lambda: mod.compute(members, cells, s))
-    explained = {a for a in allowed for n in notes if n.startswith((a, a.replace("_", " ")))}
-    if results.get("recovery") and all(r["time"] == "fork_delay" for r in results["recovery"]):
-        explained.add("memorization_control")
-    if "recovery" in explained:  # memorization control and mediation need the recovery design's arms
-        explained |= MEDIATION_SET
-    absent = [a for a in allowed if a not in results and a not in explained]
-    if absent:
-        notes.append("not present in this experiment's params: " + ", ".join(absent))
-    return {d: results[d] for d in ORDER if d in results}, notes
-
-
-def _recovery(members, cells, s) -> dict:
-    r = recovery(members, cells, s["base"], s["up"], s["sweep"], s["matched"], s["time"])
-    if r["T2_interpolated"] is None:
-        Ls = [x["L"] for x in r["sweep"] if x["L"] is not None]
-        r["note"] = (f"T2 not interpolated: the baseline's L at grok {_f(r['L_baseline'], 2)} lies outside the "
-                     f"sweep's L range [{_f(min(Ls), 2)}, {_f(max(Ls), 2)}] (no extrapolation)"
-                     + ("; the realized logit-matched T2 is reported" if r["matched"] else ""))
-    return r
-
-
-def _fork(members, s) -> dict:
-    r = fork_contrast(members, s["arms"])
-    if r["missing_arms"]:
-        r["note"] = f"seed ordering needs the {' and '.join(r['missing_arms'])} arm(s); ratio computed"
-    return r
+from analyses.markdown import markdown
 
 
 # ---------------------------------------------------------------- output
@@ -201,9 +85,34 @@ def jsonable(results: dict) -> dict:
     return json.loads(json.dumps(results, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def make_report(experiment: str, uri: str, out: Path, json_path: Path, log: bool = True) -> dict:
+def release_cells(names: list[str], uri: str) -> pd.DataFrame:
+    """The cells of the experiments holding an imported release: each name an experiment, or a prefix whose
+    `<name>/<folder>` experiments are taken (`paper`: every paper/<folder>)."""
+    from tracking.query import list_experiments
+    have = list_experiments(uri)
+    picked = [n for name in names for n in ([name] if name in have else
+                                             sorted(x for x in have if x.startswith(name.rstrip("/") + "/")))]
+    if not picked:
+        raise ReportError(f"--release {', '.join(names)}: no such experiment in {uri} (import the release with "
+                          "python -m tracking.import_npz)")
+    return pd.concat([load(x, uri)[1].assign(experiment=x) for x in picked], ignore_index=True)
+
+
+def w_c_section(experiment: str, members, cells, curves, release: pd.DataFrame | None,
+                printed: dict | None = None) -> tuple[dict, list[str]]:
+    """({controls, held, dose_law_comparison}, markdown lines) of analyses.wc."""
+    controls = wc.control_rows(members, cells, curves)
+    held = wc.held_rows(cells, controls)
+    doses = wc.dose_rows(cells.assign(experiment=experiment), release, printed) if release is not None else []
+    return ({"controls": controls, "held": held, "dose_law_comparison": doses},
+            wc.markdown(controls, held, doses))
+
+
+def make_report(experiment: str, uri: str, out: Path, json_path: Path, log: bool = True,
+                release: list[str] | None = None) -> dict:
     members, cells, curves = load(experiment, uri)
     results, notes = analyse(members, cells)
+    w_c, w_c_md = w_c_section(experiment, members, cells, curves, release_cells(release, uri) if release else None)
     if not results:
         why = "; ".join(notes) if notes else (
             "none of recovery/mediation (baseline + norm-up + tau sweep), collapse grid, dose series, "
@@ -212,51 +121,16 @@ def make_report(experiment: str, uri: str, out: Path, json_path: Path, log: bool
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(results, cells, curves, out, member_embeddings(members, uri))
     md = out / "report.md"
-    md.write_text(markdown(experiment, uri, cells, results, notes, figs))
+    md.write_text(markdown(experiment, uri, cells, results, notes, figs, w_c_md))
     page = out / "report.html"
     page.write_text(report_html(md.read_text(), out, f"Report: {experiment}"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False))
+    w_c = {"w_c": w_c} if any(w_c.values()) else {}   # beside the designs: w_c as the clamped cells held it
+    json_path.write_text(json.dumps(jsonable({**results, **w_c}), indent=2, allow_nan=False))
     files = [md, page, json_path] + [Path(p) for ps in figs.values() for p in ps]
     if log:
         log_report(uri, experiment, files, f"analyses.report: {', '.join(results)}")
     return {"results": results, "notes": notes, "files": [str(f) for f in files]}
-
-
-def paper_report(uri: str, preset: str, out: Path, json_path: Path) -> dict:
-    """`analyses.report paper`: analysis.paper's three-way table over every experiment it finds."""
-    from analyses import paper
-    from tracking.store import client
-    names = [e.name for e in client(uri).search_experiments()]
-    published, fresh = paper.experiments(names, preset)
-    merged: dict[str, dict[str, list[dict]]] = {"published": {}, "fresh": {}}
-    notes: list[str] = []
-    for side, exps in (("published", published), ("fresh", fresh)):
-        for x in exps:
-            try:
-                members, cells, _ = load(x, uri)
-            except ReportError as e:
-                notes.append(str(e))
-                continue
-            results, why = analyse(members, cells)
-            notes += [f"{x}: {n}" for n in why]
-            for design, rows in results.items():
-                merged[side].setdefault(design, []).extend({**r, "experiment": x} for r in rows)
-    if not published and not fresh:
-        raise ReportError(f"no paper experiments in {uri}: import the published data (python -m "
-                          "tracking.import_npz) or run the suite (python -m interventions.run paper)")
-    fresh_p = paper.scale_of(merged["fresh"], preset)
-    rows = paper.table(merged["published"], merged["fresh"], fresh_p)
-    out.mkdir(parents=True, exist_ok=True)
-    md = paper.markdown(rows, published, fresh, notes, fresh_p, merged["fresh"].get("recovery", []))
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(report_html(md, out, "Report: the paper"))
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"figures": rows, "published": published, "fresh": fresh, "fresh_p": fresh_p,
-                                     "notes": notes},
-                                    indent=2, allow_nan=False, default=float))
-    return {"results": {"paper": rows}, "notes": notes,
-            "files": [str(out / "report.md"), str(out / "report.html"), str(json_path)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,15 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="store URI (default $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     ap.add_argument("--out", help="output folder (default reports/<experiment>)")
     ap.add_argument("--json", help="JSON path (default <out>/report.json)")
+    ap.add_argument("--release", action="append", metavar="EXPERIMENT",
+                    help="compare the fresh clamped cells with an imported release's dose cells at the same held "
+                         "norm: an experiment, or a prefix (`paper`: every paper/<folder>); repeatable")
     args = ap.parse_args(argv)
-    from tracking.store import StoreError, check_uri, resolve_uri
+    from tracking.credentials import write_refusal
+    from tracking.store import EXPERIMENT_KIND, StoreError, check_uri, resolve_uri
     uri = resolve_uri(args.tracking_uri)
     out = Path(args.out or Path("reports") / args.experiment.replace("/", "_"))
     json_path = Path(args.json) if args.json else out / "report.json"
     try:
         check_uri(uri)
-        made = (paper_report(uri, args.preset, out, json_path) if args.experiment == "paper"
-                else make_report(args.experiment, uri, out, json_path))
+        if args.experiment != "paper" and (why := write_refusal(uri, args.experiment, EXPERIMENT_KIND)):
+            raise StoreError(uri, f"{why} (the report is logged as a run of the experiment)")
+        if args.experiment == "paper":
+            from analyses.paper import report as paper_report
+            made = paper_report(uri, args.preset, out, json_path)
+        else:
+            made = make_report(args.experiment, uri, out, json_path, release=args.release)
     except (StoreError, ReportError) as e:
         print(f"analyses.report: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,9 @@ deleted (which deletes the veth pair). Never `ray stop`: it ends every Ray proce
 """
 from __future__ import annotations
 
+import configparser
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,11 +22,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import quote
 
 HEAD_IP, WORKER_IP = "10.77.0.1", "10.77.0.2"
 RAY_PORT = 6390
-# RAY_AUTH_MODE=disabled: the cluster lives inside our namespaces only (with Ray's default token mode, a
-# client joining the `ray start` head here was refused: InvalidAuthToken)
+# A local Ray instance (ray.init() in the driver) needs no token; the two-node cluster runs with token
+# authentication (two_nodes: RAY_AUTH_MODE=token and the token file on every node, as Ray documents)
 ENV = {**os.environ, "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
@@ -94,6 +97,13 @@ def reachable_dir():
 class Server(NamedTuple):
     uri: str        # http://HOST:PORT, what studies log to
     backend: str    # its PostgreSQL database, as an MLflow tracking URI (reachable where the server runs)
+    data: Path      # its data folder (credentials.ini: the generated admin and PostgreSQL passwords)
+    username: str   # the admin, from credentials.ini
+    password: str
+
+    def env(self, base: dict | None = None) -> dict:
+        """An environment whose MLflow client logs in as the admin (MLflow's own variables)."""
+        return {**(base or ENV), "MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
 
 
 @contextmanager
@@ -109,7 +119,11 @@ def tracking_server(data: Path, host: str = "127.0.0.1", netns: str | None = Non
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"tracking server did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield Server(f"http://{host}:{port}", f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/mlflow")
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read(data / "credentials.ini")
+        pg = f"{cfg['postgres']['role']}:{quote(cfg['postgres']['password'], safe='')}"
+        yield Server(f"http://{host}:{port}", f"postgresql+psycopg2://{pg}@127.0.0.1:{pg_port}/mlflow", data,
+                     cfg["mlflow"]["mlflow_tracking_username"], cfg["mlflow"]["mlflow_tracking_password"])
     finally:
         stop(proc, timeout=60)
 
@@ -129,9 +143,17 @@ def netns_available() -> str | None:
 
 @contextmanager
 def two_nodes(folder: Path, cpus: int = 1):
-    """Namespaces gi-head and gi-worker: a Ray head (with the tracking server) and a worker node of `cpus`
-    CPUs each. Yields (ray address, Server, run(cmd) -> CompletedProcess in the head namespace)."""
+    """Namespaces gi-head and gi-worker: a Ray head (with the tracking server, basic auth on: it listens
+    beyond loopback) and a worker node of `cpus` CPUs each, with Ray's token authentication: one generated
+    token in a file only its owner reads, RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH on every node and in
+    the driver. Yields (ray address, Server, run(cmd) -> CompletedProcess in the head namespace, as the
+    server's admin)."""
     tag = f"{os.getpid() % 100000}"
+    token = folder / "ray_auth_token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, secrets.token_hex(32).encode())
+    os.close(fd)
+    env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     head, worker = f"gi-head-{tag}", f"gi-worker-{tag}"
     procs: list[subprocess.Popen] = []
     made: list[str] = []
@@ -151,15 +173,15 @@ def two_nodes(folder: Path, cpus: int = 1):
         # which a later plain ray.init() elsewhere would join
         procs.append(spawn([ray, "start", "--head", "--block", "--node-ip-address", HEAD_IP, "--port", str(RAY_PORT),
                             "--num-cpus", str(cpus), "--include-dashboard=false", "--disable-usage-stats",
-                            f"--temp-dir={folder / 'rh'}"], folder / "ray-head.log", head))
-        _wait_ray(address, head, 1)
+                            f"--temp-dir={folder / 'rh'}"], folder / "ray-head.log", head, env))
+        _wait_ray(address, head, 1, env)
         procs.append(spawn([ray, "start", "--block", "--address", address, "--node-ip-address", WORKER_IP,
                             "--num-cpus", str(cpus), "--disable-usage-stats", f"--temp-dir={folder / 'rw'}"],
-                           folder / "ray-worker.log", worker))
-        _wait_ray(address, head, 2)
+                           folder / "ray-worker.log", worker, env))
+        _wait_ray(address, head, 2, env)
         with tracking_server(folder / "server", host=HEAD_IP, netns=head) as server:
             def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-                return subprocess.run(["ip", "netns", "exec", head, *cmd], env=ENV, **kw)
+                return subprocess.run(["ip", "netns", "exec", head, *cmd], env=kw.pop("env", server.env(env)), **kw)
             yield address, server, run
     finally:
         for p in reversed(procs):
@@ -174,12 +196,12 @@ def two_nodes(folder: Path, cpus: int = 1):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
 
 
-def _wait_ray(address: str, netns: str, nodes: int, timeout: float = 120.0) -> None:
+def _wait_ray(address: str, netns: str, nodes: int, env: dict, timeout: float = 120.0) -> None:
     probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
              "print(sum(n['Alive'] for n in ray.nodes()))")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", probe, address], env=ENV,
+        r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", probe, address], env=env,
                            capture_output=True, text=True)
         if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(nodes)]:
             return

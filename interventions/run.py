@@ -71,11 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     graph, study = studies[0][0], studies[0][0].study
-    from tracking.store import StoreError, check_uri, resolve_uri
+    from tracking.credentials import write_refusal
+    from tracking.store import EXPERIMENT_KIND, StoreError, check_uri, resolve_uri
     uri = resolve_uri(args.tracking_uri)
     experiment = args.experiment or default_experiment(study.study, study.preset)
     try:
         check_uri(uri)
+        for x in [experiment] if suite is None else [x for _, x in studies]:
+            if why := (not args.dry_run) and write_refusal(uri, x, EXPERIMENT_KIND):
+                raise StoreError(uri, why)
     except StoreError as e:
         print(f"error: {study.source}: --tracking-uri: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

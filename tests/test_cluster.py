@@ -121,14 +121,68 @@ def namespaces() -> None:
         missing(f"two-node cluster in network namespaces: {why}")
 
 
-def test_two_nodes_in_network_namespaces_equal_local(namespaces, reference, tmp_path):
+# inside the head namespace: the HTTP status of a read without credentials, with the public default admin
+# password of older MLflow releases, and with the generated one; then a password-less TCP connection to
+# PostgreSQL (exit 0 only if refused)
+PROBE = """import sys, urllib.request, urllib.error, base64
+def status(auth):
+    req = urllib.request.Request(sys.argv[1] + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        return urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as e:
+        return e.code
+print(status(None), status("admin:password1234"), status("admin:" + sys.argv[2]))"""
+PG_PROBE = """import sys, psycopg2
+try:
+    psycopg2.connect(host="127.0.0.1", port=int(sys.argv[1]), user=sys.argv[2], dbname="mlflow", connect_timeout=10)
+except psycopg2.OperationalError as e:
+    print(str(e).strip().splitlines()[-1]); sys.exit(0)
+sys.exit("connected without a password")"""
+
+
+def test_two_nodes_in_network_namespaces_equal_local(namespaces, reference, paper_metrics, tmp_path):
+    """A cluster as the README sets one up: the Ray head and worker with token authentication, the tracking
+    server beyond loopback (basic auth on, its secrets generated into an owner-only file). The study runs
+    on both nodes with the generated credentials and stores what the local executor does; its report runs;
+    without credentials, with wrong ones or with MLflow's old public default password, nothing gets in."""
     with netns.reachable_dir() as d, netns.two_nodes(d) as (address, server, run):
+        assert (server.data / "credentials.ini").stat().st_mode & 0o777 == 0o600
+        probe = run([sys.executable, "-c", PROBE, server.uri, server.password], text=True, capture_output=True,
+                    timeout=120)
+        assert probe.stdout.split() == ["401", "401", "200"], probe.stderr[-2000:]
+        pg_port = int(server.backend.rsplit(":", 1)[1].split("/")[0])
+        for user in ("postgres", "mlflow"):
+            refused = run([sys.executable, "-c", PG_PROBE, str(pg_port), user], text=True, capture_output=True)
+            assert refused.returncode == 0 and "password" in refused.stdout, (user, refused.stderr[-2000:])
+        bad = run([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray", "--ray-address", address,
+                   "--tracking-uri", server.uri, "--snapshot-dir", str(tmp_path / "bad")], cwd=tmp_path, text=True,
+                  capture_output=True, timeout=300, env={**server.env(), "MLFLOW_TRACKING_PASSWORD": "wrong"})
+        assert bad.returncode == 2 and bad.stderr.count("error:") == 1, bad.stderr[-3000:]
+        assert "refused the credentials of user 'admin'" in bad.stderr and not (tmp_path / "bad").exists()
         r = run([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray", "--ray-address", address,
                  "--tracking-uri", server.uri, "--snapshot-dir", str(tmp_path / "snap")], cwd=tmp_path, text=True,
                 capture_output=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
+        # MLflow's client says "View run ... at" for every run it ends against a server: the study says one link
+        assert "View run" not in r.stdout and r.stdout.count("runs table in the MLflow UI: http://") == 1, r.stdout
         dump = run([sys.executable, "-m", "benchmarks.netns", server.backend, "fork_study-smoke"], text=True,
                    capture_output=True, timeout=300)   # its database is reachable inside the namespace only
+        # the other two clients with the same credentials: the importer (the paper's p = 59 dose cells), the report
+        (tmp_path / "dose").mkdir()
+        for f in (paper_metrics / "dose").glob("mlp_ce_full_p59_clamp_*.npz"):
+            (tmp_path / "dose" / f.name).symlink_to(f)
+        imp = run([sys.executable, "-m", "tracking.import_npz", str(tmp_path / "dose"), "--tracking-uri", server.uri],
+                  cwd=tmp_path, text=True, capture_output=True, timeout=300)
+        assert imp.returncode == 0, imp.stderr[-3000:]
+        rep = run([sys.executable, "-m", "analyses.report", "paper/dose", "--tracking-uri", server.uri, "--out",
+                   str(tmp_path / "report")], cwd=tmp_path, text=True, capture_output=True, timeout=300)
+        assert rep.returncode == 0 and "| 0.140 | 0.991 | 7 | 6.40 |" in (tmp_path / "report" / "report.md").read_text()
+        # the cluster lets no driver in without its token
+        join = run([sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR')"],
+                   text=True, capture_output=True, timeout=180, env=netns.ENV)
+        assert join.returncode != 0, join.stdout[-2000:]
     assert dump.returncode == 0, dump.stderr[-3000:]
     assert json.loads(dump.stdout) == reference
 
@@ -145,19 +199,28 @@ def started(cmd: list[str], log: Path) -> subprocess.Popen:
     return proc
 
 
-def test_the_server_stopped_with_sigterm_and_started_again_on_its_data_loses_nothing():
+def test_the_server_stopped_with_sigterm_and_started_again_on_its_data_loses_nothing(monkeypatch):
     """README ("Run on a cluster"): SIGTERM stops `python -m tracking.server` (exit 0) and shuts PostgreSQL
     down cleanly; the same command starts it again on the same data. Every run logged before the stop is
     there after the restart with its status (one left RUNNING), params, tags, every metric point and its
-    artifact, and PostgreSQL started from a clean shutdown (no crash recovery)."""
+    artifact, and PostgreSQL started from a clean shutdown (no crash recovery). With basic auth on (--auth
+    here, on loopback) the restart reuses the generated credentials (an owner-only file): the same admin and
+    the user added with --user still get in, with their levels."""
+    import configparser
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
     with netns.reachable_dir() as d:
         port = netns.free_port()
         cmd = [sys.executable, "-m", "tracking.server", "--data", str(d / "data"), "--port", str(port),
-               "--pg-port", str(netns.free_port())]
+               "--pg-port", str(netns.free_port()), "--auth", "--user", "reader=read"]
         uri, pg_log = f"http://127.0.0.1:{port}", d / "data" / "postgres" / "postgres.log"   # pg_ctl -l appends
         proc = started(cmd, d / "first.log")
+        secrets = (d / "data" / "credentials.ini").read_text()
+        assert (d / "data" / "credentials.ini").stat().st_mode & 0o777 == 0o600
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read_string(secrets)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", cfg["mlflow"]["mlflow_tracking_password"])
         try:
             c = MlflowClient(uri)
             eid = c.create_experiment("kept")
@@ -177,7 +240,20 @@ def test_the_server_stopped_with_sigterm_and_started_again_on_its_data_loses_not
             assert "stopped: the MLflow server and PostgreSQL" in (d / "first.log").read_text()
             assert not (d / "data" / "postgres" / "postmaster.pid").exists()   # PostgreSQL is down
             proc = started(cmd, d / "second.log")
+            assert (d / "data" / "credentials.ini").read_text() == secrets   # reused, nothing regenerated
             assert store_contents(uri, "kept") == before
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")   # reads every experiment, writes none
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", cfg["users"]["reader"])
+            assert store_contents(uri, "kept") == before
+            with pytest.raises(Exception, match="PERMISSION_DENIED|403"):
+                MlflowClient(uri).log_param(ids[0], "written_by", "reader")
+            rep = subprocess.run([sys.executable, "-m", "analyses.report", "kept", "--tracking-uri", uri, "--out",
+                                  str(d / "report")], env={**os.environ}, capture_output=True, text=True, timeout=300)
+            assert rep.returncode == 2 and len(rep.stderr.strip().splitlines()) == 1, rep.stderr[-2000:]
+            assert "user 'reader' may not write to experiment 'kept' (HTTP 403)" in rep.stderr
+            assert not (d / "report").exists()
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", cfg["mlflow"]["mlflow_tracking_password"])
             assert [c.get_run(r).data.tags["role"] for r in ids] == ["member"] * 3
             assert [Path(c.download_artifacts(r, "notes/run.txt", str(d))).read_text() for r in ids] == \
                 [f"run {i}" for i in range(3)]

@@ -128,3 +128,34 @@ def test_experiments_are_model_training_ones_and_the_link_opens_their_runs_table
                                                   f"http://127.0.0.1:5000/#/experiments/{eid}/runs"
                                                   "?workflowType=machine_learning")
     assert ui_link(tracking_uri, "never_made") is None
+
+
+def test_the_servers_credentials_file_is_owner_only_reused_and_in_mlflows_client_format(tmp_path, monkeypatch):
+    """tracking.credentials: the first start generates every secret into an owner-only file; a restart
+    reads the same ones back (a deleted key alone is made again); its [mlflow] section, copied to
+    ~/.mlflow/credentials, is what MLflow's client logs in with."""
+    import os
+    from tracking import credentials
+    first = credentials.load_or_create(tmp_path)
+    path = tmp_path / credentials.FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    secrets = {(s, k): v for s in first.sections() for k, v in first[s].items()}
+    assert len({v for (s, k), v in secrets.items() if k in ("mlflow_tracking_password", "flask_secret_key",
+                                                            "password")}) == 3   # three different secrets
+    os.chmod(path, 0o644)
+    again = credentials.load_or_create(tmp_path)
+    assert {(s, k): v for s in again.sections() for k, v in again[s].items()} == secrets
+    assert path.stat().st_mode & 0o777 == 0o600
+    again.remove_option("server", "flask_secret_key")
+    credentials.write(path, again)
+    third = credentials.load_or_create(tmp_path)
+    assert third["server"]["flask_secret_key"] not in ("", secrets[("server", "flask_secret_key")])
+    assert third["mlflow"]["mlflow_tracking_password"] == secrets[("mlflow", "mlflow_tracking_password")]
+    home = tmp_path / "home"
+    (home / ".mlflow").mkdir(parents=True)
+    (home / ".mlflow" / "credentials").write_text(
+        "[mlflow]\n" + "".join(f"{k} = {v}\n" for k, v in third["mlflow"].items()))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert credentials.client_credentials() == ("admin", secrets[("mlflow", "mlflow_tracking_password")])

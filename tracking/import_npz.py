@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .paper_release import PARAM_KEYS, BadFile, read_cell
 from .recorder import Recorder
-from .store import StoreError, check_uri, resolve_uri
+from .credentials import write_refusal
+from .store import EXPERIMENT_KIND, StoreError, check_uri, resolve_uri
 
 __all__ = ["PARAM_KEYS", "Summary", "design_folders", "import_dir", "import_folder", "main"]
 
@@ -102,6 +103,9 @@ def import_dir(root: Path, uri: str | None = None, log=print) -> Summary:
     folders = design_folders(root)
     if not folders:
         raise FileNotFoundError(f"{root}: no .npz files in it or in its subfolders")
+    for folder in folders:   # a server that would refuse a write says so before the first one
+        if why := write_refusal(uri, f"paper/{folder.name}", EXPERIMENT_KIND):
+            raise StoreError(uri, why)
     for folder in folders:
         import_folder(folder, uri, summary, log)
     return summary

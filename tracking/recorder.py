@@ -8,6 +8,7 @@ error), and a (key, step) already in the store is never logged again.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 import weakref
@@ -34,6 +35,9 @@ class Recorder:
 
     def __init__(self, uri: str | None, experiment: str, *, chunk: int = CHUNK, private_sql: bool = True):
         self.uri = resolve_uri(uri)
+        # MLflow's client prints two "View run/experiment at" lines per run it ends against a server (160 for
+        # the smoke fork study); the study prints one link instead (interventions.execution.studies)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.experiment = experiment
         self.experiment_id = ensure_experiment(self.uri, experiment)
         self.client = client(self.uri)

@@ -5,7 +5,6 @@ Default store: embedded SQLite at <cwd>/mlruns/mlflow.db with artifacts beside i
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -13,12 +12,12 @@ import sqlite3
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
+from .credentials import refusal
 from .schema import CREATING, SchemaError, inspect_sqlite, prepare_sqlite
 
 HTTP_TIMEOUT_S = 3.0   # one health request; a refused connection fails at once
@@ -98,10 +97,8 @@ def _check_http(uri: str) -> None:
     end = time.monotonic() + HTTP_WAIT_S
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:
-                if resp.status != 200:
-                    raise StoreError(uri, f"GET {url} answered HTTP {resp.status}")
-                return
+            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S):   # any status but 2xx raises HTTPError
+                break
         except urllib.error.HTTPError as e:
             raise StoreError(uri, f"GET {url} answered HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
@@ -111,6 +108,8 @@ def _check_http(uri: str) -> None:
                 continue
             waited = f"within {HTTP_WAIT_S:.0f} s" if isinstance(reason, TimeoutError) else "at once"
             raise StoreError(uri, f"no MLflow server answered at {url} ({waited}: {reason})") from None
+    if why := refusal(uri):   # credentials missing or refused: said before anything is written
+        raise StoreError(uri, why)
 
 
 def _check_db(uri: str) -> None:
@@ -260,13 +259,11 @@ def ui_link(uri: str, experiment: str) -> str | None:
             finally:
                 db.close()
             return row and f"mlflow ui --backend-store-uri {uri}, then {UI_DEFAULT}{UI_RUNS.format(row[0])}"
-        if uri.startswith(("http://", "https://")):
-            q = urllib.parse.urlencode({"experiment_name": experiment})
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{q}",
-                                        timeout=HTTP_TIMEOUT_S) as r:
-                eid = json.load(r)["experiment"]["experiment_id"]
-            return f"{uri.rstrip('/')}/{UI_RUNS.format(eid)}"
-    except (OSError, sqlite3.Error, KeyError, ValueError):
+        if uri.startswith(("http://", "https://")):   # through MLflow's client: it sends the credentials
+            from mlflow import MlflowClient
+            exp = MlflowClient(uri).get_experiment_by_name(experiment)
+            return exp and f"{uri.rstrip('/')}/{UI_RUNS.format(exp.experiment_id)}"
+    except Exception:   # a link is a courtesy: no store, no experiment, a refusal: no link
         return None
     return None
 
