@@ -22,6 +22,7 @@ from analyses import beyond, figures, wc
 from analyses.compute import ReportError, analyse, load
 from analyses.html import report_html
 from analyses.markdown import markdown
+from analyses.paper import printed_cells
 
 
 # ---------------------------------------------------------------- output
@@ -112,7 +113,8 @@ def make_report(experiment: str, uri: str, out: Path, json_path: Path, log: bool
                 release: list[str] | None = None) -> dict:
     members, cells, curves = load(experiment, uri)
     results, notes = analyse(members, cells)
-    w_c, w_c_md = w_c_section(experiment, members, cells, curves, release_cells(release, uri) if release else None)
+    w_c, w_c_md = w_c_section(experiment, members, cells, curves, release_cells(release, uri) if release else None,
+                              printed_cells())
     if not results:
         why = "; ".join(notes) if notes else (
             "none of recovery/mediation (baseline + norm-up + tau sweep), collapse grid, dose series, "
