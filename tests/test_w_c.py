@@ -61,3 +61,27 @@ def test_the_dose_law_prediction_interpolates_ln_t_grok_over_the_held_norms_with
     assert wc.predicted(W, T, 63.61) == pytest.approx(1451, rel=1e-3)   # W rounded here
     assert wc.predicted(W, T, 1.15 * 63.61) == pytest.approx(4484, rel=1e-3)
     assert wc.predicted(W, T, 55.0) is None and wc.predicted(W, T, 80.0) is None   # no extrapolation
+
+
+def test_the_report_says_where_each_held_w_c_came_from():
+    """analyses.wc.held_rows: a w_c given (study file or --set) is marked given, without an interval; a derived
+    one names its arm and carries the interval the arms logged; the release's, which logs neither, takes the
+    interval of the control of the same group that gives that w_c."""
+    import pandas as pd
+    cells = pd.DataFrame([
+        {"group": "p=97 ce", "arm": "up", "clamped": True, "w_c": 65.85, "w_c_source": "given",
+         "w_c_ci_low": None, "w_c_ci_high": None},
+        {"group": "p=59 ce", "arm": "base", "clamped": True, "w_c": 54.12,
+         "w_c_source": "derived:median_norm_at_grok(ctrl)", "w_c_ci_low": 53.39, "w_c_ci_high": 54.79},
+        {"group": "p=43 ce", "arm": "cell", "clamped": True, "w_c": 50.17, "w_c_source": None,
+         "w_c_ci_low": None, "w_c_ci_high": None},
+        {"group": "p=43 ce", "arm": "ctrl", "clamped": False, "w_c": None, "w_c_source": None,
+         "w_c_ci_low": None, "w_c_ci_high": None}])
+    controls = [{"group": "p=43 ce", "arm": "ctrl", "w_c": 50.17, "ci_low": 49.0, "ci_high": 51.0}]
+    rows = {r["group"]: r for r in wc.held_rows(cells, controls)}
+    assert (rows["p=97 ce"]["given"], rows["p=97 ce"]["ci_low"]) == (True, None)
+    assert rows["p=59 ce"]["source"] == "derived:median_norm_at_grok(ctrl)"
+    assert (rows["p=59 ce"]["ci_low"], rows["p=59 ce"]["ci_high"]) == (53.39, 54.79)
+    assert (rows["p=43 ce"]["ci_low"], rows["p=43 ce"]["ci_high"]) == (49.0, 51.0) and rows["p=43 ce"]["arms"] == ["cell"]
+    md = "\n".join(wc.markdown([], list(rows.values())))
+    assert "| p=97 ce | 65.85 | given (a number in the study file or --set) | up |" in md
