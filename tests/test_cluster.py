@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,10 @@ def test_two_nodes_in_network_namespaces_equal_local(namespaces, reference, pape
         for user in ("postgres", "mlflow"):
             refused = run([sys.executable, "-c", PG_PROBE, str(pg_port), user], text=True, capture_output=True)
             assert refused.returncode == 0 and "password" in refused.stdout, (user, refused.stderr[-2000:])
+        # a driver without the token, meanwhile (Ray retries ~20 s before it refuses)
+        join = ThreadPoolExecutor(1).submit(run, [sys.executable, "-c", f"import ray; ray.init(address='{address}', "
+                                                  "logging_level='ERROR')"], text=True, capture_output=True,
+                                            timeout=180, env=netns.ENV)
         bad = run([sys.executable, "-m", "interventions.run", *STUDY, "--executor", "ray", "--ray-address", address,
                    "--tracking-uri", server.uri, "--snapshot-dir", str(tmp_path / "bad")], cwd=tmp_path, text=True,
                   capture_output=True, timeout=300, env={**server.env(), "MLFLOW_TRACKING_PASSWORD": "wrong"})
@@ -179,9 +184,7 @@ def test_two_nodes_in_network_namespaces_equal_local(namespaces, reference, pape
         rep = run([sys.executable, "-m", "analyses.report", "paper/dose", "--tracking-uri", server.uri, "--out",
                    str(tmp_path / "report")], cwd=tmp_path, text=True, capture_output=True, timeout=300)
         assert rep.returncode == 0 and "| 0.140 | 0.991 | 7 | 6.40 |" in (tmp_path / "report" / "report.md").read_text()
-        # the cluster lets no driver in without its token
-        join = run([sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR')"],
-                   text=True, capture_output=True, timeout=180, env=netns.ENV)
+        join = join.result(timeout=200)   # the cluster let no driver in without its token
         assert join.returncode != 0, join.stdout[-2000:]
     assert dump.returncode == 0, dump.stderr[-3000:]
     assert json.loads(dump.stdout) == reference
