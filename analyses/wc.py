@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.cells import num
-from tracking.conventions import grokked, norm_curve, w_c, w_c_interval
+from tracking.conventions import grokked, norm_at, norm_curve, w_c, w_c_interval
 
 RESULT = ["t_grok", "grokked", "diverged", "weight_norm_at_grok", "weight_norm_final"]
 
@@ -40,8 +40,7 @@ def _shape_curves(cell: str, curves: pd.DataFrame, results: list[dict], budget: 
         return None
     end = budget if any(not grokked(r) and not r.get("diverged") for r in results) else max(ts)
     steps, m = c["step"].to_numpy(float), c["value"].to_numpy(float)
-    m_end = float(np.interp(end, steps, m)) if end <= steps[-1] else \
-        float(m[-1] + (m[-1] - m[-2]) / (steps[-1] - steps[-2]) * (end - steps[-1]))
+    m_end = float(norm_at(np.column_stack([steps, m]), end))   # past the last logged step: along its last 200
     out = []
     for r in results:
         w = r.get("weight_norm_final")

@@ -140,12 +140,12 @@ def w_c_interval(results: list[dict], curves: list[Curve], retire: str = "arm", 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, (n_boot, n))
     if retire == "member":
-        vals = np.array([_norm_at(p, p[-1, 0]) if len(p) else np.nan for p in pts])[idx]
+        vals = np.array([norm_at(p, p[-1, 0]) if len(p) else np.nan for p in pts])[idx]
     else:
         td = t[idx]
         end = np.nanmax(td + _bandwidth(td)[:, None] * rng.standard_normal(td.shape), axis=1) + margin
         end = np.where(holds[idx].any(axis=1), run_end, end)
-        at = np.array([_norm_at(p, end) if len(p) else np.full(n_boot, np.nan) for p in pts])   # (seed, draw)
+        at = np.array([norm_at(p, end) if len(p) else np.full(n_boot, np.nan) for p in pts])   # (seed, draw)
         vals = at[idx, np.arange(n_boot)[:, None]]
     vals = np.where(ok[idx], vals, np.nan)
     vals = vals + _bandwidth(vals)[:, None] * rng.standard_normal(vals.shape)
@@ -181,7 +181,7 @@ def _row_quantile(x: np.ndarray, m: np.ndarray, q: float) -> np.ndarray:
     return srt[rows, lo] + (pos - lo) * (srt[rows, hi] - srt[rows, lo])
 
 
-def _norm_at(pts: np.ndarray, x):
+def norm_at(pts: np.ndarray, x):
     """A norm curve (sorted (step, value) rows) at step(s) x: linear between points; past the last point,
     along the line through it and the point about 200 steps earlier (the first point if the curve is shorter)."""
     steps, v = pts[:, 0], pts[:, 1]

@@ -129,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ServerError("--user needs authentication: a --host beyond loopback, or --auth")
         data.mkdir(parents=True, exist_ok=True)
         cfg = credentials.load_or_create(data)
-        for name in users:
-            if not cfg["users"].get(name):
-                cfg["users"][name] = credentials.new_secret()
-        credentials.write(data / credentials.FILE, cfg)
+        new = [name for name in users if not cfg["users"].get(name)]
+        for name in new:
+            cfg["users"][name] = credentials.new_secret()
+        if new:
+            credentials.write(data / credentials.FILE, cfg)
         role, pg_password = cfg["postgres"]["role"], cfg["postgres"]["password"]
         pg = postgres.start(data, args.pg_port, role, pg_password)
     except ServerError as e:

@@ -53,6 +53,7 @@ class Runner:
         self.state = load_state(self.dir, self.digest, self.study.study, self.study.source,
                                 {p["name"]: p["digest"] for p in self.study.plugin_info}, self.study.identity())
         self.done_before = {n for n, a in self.state["arms"].items() if a["status"] == "done"}   # by earlier runs
+        self.w_c_sources = w_c_sources(graph)     # arms whose summary carries w_c and its interval
         self.tracker = None                       # used on the worker thread only
         self.worker: Worker | None = None
 
@@ -143,7 +144,7 @@ class Runner:
             results = [r for r in result["results"] if r["key"].arm == name]
             curves = {r["key"]: result["curves"][r["key"]] for r in results}
             summary = arm_summary(results, curves)
-            if name in w_c_sources(self.g):
+            if name in self.w_c_sources:
                 summary.update(w_c_summary(results, curves, self.g.arms[name].retire))
             ckpts = {r["key"]: result["checkpoints"][r["key"]] for r in results if r["key"] in result["checkpoints"]}
             if ckpts:

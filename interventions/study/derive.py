@@ -33,8 +33,8 @@ def levers(graph: Graph, name: str, derived: dict, fork_step: int | None) -> Lev
 def derive(graph: Graph, name: str, done: dict[str, dict]) -> dict:
     """Resolve the derived settings of arm `name` from finished arms (`done`: arm -> its state entry, with
     `results` and `summary`): {setting (as the study file writes it): value, <setting>_source: how, ...,
-    w_c_at_grok, w_c_source, w_c_ci_low, w_c_ci_high}; raises RuntimeError if impossible. Statistics: tracking.conventions (the analyses score
-    the arms with the same ones)."""
+    w_c_at_grok, w_c_source, w_c_ci_low, w_c_ci_high}; raises RuntimeError if impossible. Statistics:
+    tracking.conventions (the analyses score the arms with the same ones)."""
     a, out = graph.arms[name], {}
     for lever, setting in a.derived:
         spec, key = getattr(a.levers[lever], setting), _key(lever, setting)
