@@ -9,8 +9,8 @@ from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
 from interventions.registry import LOSSES
 from interventions.vocab import Levers
 
-TINY = dict(p=7, d_embed=8, d_hidden=16, d_model=8, n_heads=2, d_mlp=16, precision="float64")
-MODELS = ["mlp", "transformer", "transformer_noln"]
+TINY = dict(p=7, d_embed=8, d_hidden=16, d_model=8, n_heads=2, d_mlp=16, hidden=[12, 10], precision="float64")
+MODELS = ["mlp", "transformer", "transformer_noln", "deep_mlp"]
 
 
 def loss_values(z, y, inv_tau, kind):

@@ -306,6 +306,28 @@ def test_deep_mlp_forward_and_grid_equal_the_textbook_one_hot_forward(activation
         assert torch.allclose(grid, c.model.naive_logits(P1, grid_a, grid_b), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+def test_deep_mlp_hand_written_backward_equals_autograd_of_the_textbook_forward(activation, loss):
+    """The ATen path's loss_grads: value and every gradient, members with tau 1 and 1.7."""
+    c = deep(activation, levers=(Levers.of(tau=1.0), Levers.of(tau=1.7)), loss=loss, kernels="aten")
+    assert c.kernels == "aten"
+    V = c.task.vocab
+    G = {k: torch.zeros_like(v) for k, v in c.P.items()}
+    for b in c.backend.batches:
+        i = b.s
+        value = c.model.loss_grads({k: v[i:i + 1] for k, v in c.P.items()}, {k: v[i:i + 1] for k, v in G.items()},
+                                   b, c.inv_tau[i:i + 1], c.loss, c.backend.workers.ws)
+        P1 = {k: v[i].clone().requires_grad_(True) for k, v in c.P.items()}
+        idx = c.train_idx[i]
+        z = c.model.naive_logits(P1, idx // V, idx % V) * c.inv_tau[i]
+        want = c.loss.value(z[None], c.labels[idx][None, :, None])
+        want.backward()
+        assert value.item() == pytest.approx(want.item(), rel=1e-12)
+        for k, t in P1.items():
+            assert torch.allclose(G[k][i], t.grad, rtol=1e-9, atol=1e-12), k
+
+
 def test_deep_mlp_trains_on_the_generic_path_with_the_field_plugins():
     """deep MLP + StableMax + ⊥Grad over SGD + the MA filter + the init scale: the loss goes down."""
     filtered = Levers.of(grokfast_ma={"window": 2, "lamb": 1.0}, init_scale={"alpha": 0.5})

@@ -47,21 +47,22 @@ def test_the_plugin_study_dry_runs_and_names_every_plugin_arm(tmp_path):
 
 
 def test_the_plugin_study_resumes_after_sigkill_identically_and_logs_params_and_provenance(reference, tmp_path):
-    """SIGKILLed while a generic-path cohort (the logits and grads levers: grad_ema's state in the
-    snapshot) is held at its second checkpoint by a failpoint; the rerun ends with the same store."""
+    """SIGKILLed while the ATen cohort that holds the grads lever (grad_ema's state in the snapshot) is held
+    at its second checkpoint by a failpoint; the rerun ends with the same store."""
     db = tmp_path / "mlflow.db"
-    proc = cli(db, faults="cohort.checkpoint/capped=sleep:120@2", wait=False)
+    proc = cli(db, faults="cohort.checkpoint/ctrl=sleep:120@2", wait=False)
     cohorts = tmp_path / "snapshots" / EXPERIMENT / "cohorts"
     end = time.monotonic() + 300
-    while not list(cohorts.glob("capped+*.pt")) and proc.poll() is None and time.monotonic() < end:
+    while not list(cohorts.glob("ctrl+*.pt")) and proc.poll() is None and time.monotonic() < end:
         time.sleep(0.05)
     try:
-        assert proc.poll() is None and list(cohorts.glob("capped+*.pt")), "never reached the held checkpoint"
+        assert proc.poll() is None and list(cohorts.glob("ctrl+*.pt")), "never reached the held checkpoint"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     r = cli(db)
-    assert r.returncode == 0 and "resuming capped, ema from the snapshot" in r.stdout, r.stdout + r.stderr
+    resumed = [ln for ln in r.stdout.splitlines() if "from the snapshot" in ln]
+    assert r.returncode == 0 and len(resumed) == 1 and "ema" in resumed[0].split("resuming ")[1], r.stdout + r.stderr
     assert store_contents(f"sqlite:///{db}", EXPERIMENT) == store_contents(f"sqlite:///{reference}", EXPERIMENT)
 
     from mlflow import MlflowClient
@@ -72,9 +73,11 @@ def test_the_plugin_study_resumes_after_sigkill_identically_and_logs_params_and_
     assert runs[(runs.role == "member") & (runs.arm == "ctrl")].iloc[0]["grad_ema.lamb"] == 0.0   # same keys
     assert runs[(runs.role == "member") & (runs.arm == "smoothed")].iloc[0]["loss.eps"] == 0.1
     kernels = dict(zip(runs[runs.role == "study"].columns, runs[runs.role == "study"].iloc[0]))["kernels"]
-    assert set(kernels.split(",")) == {"generic", "aten"}   # the optimizer wrapper takes the kernels out
+    assert set(kernels.split(",")) == {"generic", "aten"}   # the optimizer wrapper takes the native kernels out
     client = MlflowClient(f"sqlite:///{reference}")
-    assert client.get_run(ema.run_id).data.tags["kernels"] == "generic"      # each run says which path trained it
+    assert client.get_run(ema.run_id).data.tags["kernels"] == "aten"      # each run says which path trained it
+    capped = runs[(runs.role == "member") & (runs.arm == "capped")].run_id.iloc[0]
+    assert client.get_run(capped).data.tags["kernels"] == "generic"      # a logits lever: the generic path
     ctrl = runs[(runs.role == "member") & (runs.arm == "ctrl")].run_id.iloc[0]
     assert client.get_run(ctrl).data.tags["kernels"] == "aten"
     tags = MlflowClient(f"sqlite:///{reference}").get_run(runs[runs.role == "study"].run_id.item()).data.tags
@@ -177,20 +180,26 @@ def test_bundled_tasks_are_what_they_say():
 
 
 def test_a_fast_path_and_the_generic_path_agree_on_values_gradients_and_the_evaluation():
-    """float64, from the same state: one step of ATen (and native, where built) against one of the generic
-    path; the MLP and the transformer, CE and MSE, with the clamp and tau acting."""
+    """float64, from the same state: three steps of ATen (and native, where built) against three of the
+    generic path; the MLPs and the transformers, CE and MSE, with the clamp and tau acting, and on the ATen
+    path a Grokfast filter in one member (a grads lever, between its backward and the optimizer)."""
     import torch
     from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
     from interventions.vocab import Levers
-    members = [MemberConfig(key=f"m{i}", seed=i, lever=Levers.of(tau=(1.0, 1.7)[i], clamp="absolute", target=9.0,
-                                                                   t_int=3)) for i in range(2)]
+
+    def members(fast):
+        ema = {"grokfast_ema": {"alpha": 0.9, "lamb": 2.0}} if fast == "aten" else {}
+        return [MemberConfig(key=f"m{i}", seed=i, lever=Levers.of(tau=(1.0, 1.7)[i], clamp="absolute", target=9.0,
+                                                                   t_int=3, **(ema if i else {}))) for i in range(2)]
     for model, loss, fast in (("mlp", "ce", "aten"), ("mlp", "mse", "aten"), ("mlp", "ce", "native"),
-                              ("mlp", "mse", "native"), ("transformer", "mse", "aten"), ("transformer_noln", "ce", "aten")):
+                              ("mlp", "mse", "native"), ("transformer", "mse", "aten"),
+                              ("transformer_noln", "ce", "aten"), ("deep_mlp", "ce", "aten"), ("deep_mlp", "mse", "aten")):
         cfg = dict(p=11, model=model, loss=loss, d_embed=16, d_hidden=32, d_model=16, n_heads=2, d_mlp=32,
-                   precision="float64", lr=1e-2)
+                   hidden=[24, 16], precision="float64", lr=1e-2)
         try:
-            a = Cohort(CohortConfig(**cfg, kernels=fast), members)
+            a = Cohort(CohortConfig(**cfg, kernels=fast), members(fast))
         except ValueError:      # native kernels not built on this machine
+            assert fast == "native"
             continue
         a.run(until=5)
         g = Cohort.from_state({**a.state_dict(), "cfg": {**a.state_dict()["cfg"], "kernels": "generic"}})
@@ -200,6 +209,9 @@ def test_a_fast_path_and_the_generic_path_agree_on_values_gradients_and_the_eval
         for n in a.P:
             assert torch.allclose(a.P[n], g.P[n], rtol=1e-9, atol=1e-12), (model, loss, fast, n)
             assert torch.allclose(a.m2[n], g.m2[n], rtol=1e-9, atol=1e-18), (model, loss, fast, n)
+        if fast == "aten":
+            ha, hg = a.levers["grokfast_ema"].mem, g.levers["grokfast_ema"].mem
+            assert all(torch.allclose(ha[n], hg[n], rtol=1e-9, atol=1e-15) for n in ha), (model, loss)
         ea, eg = a.evaluate(full=True), g.evaluate(full=True)
         for k in ea:
             assert torch.allclose(ea[k], eg[k], rtol=1e-9, atol=1e-12), (model, loss, fast, k)

@@ -163,7 +163,7 @@ class Cohort:
         (non-finite values left out). on_checkpoint(cohort) every `checkpoint_every` steps.
         Call again to continue.
         """
-        with self.backend.workers.running(self.device):
+        with self.backend.workers.running(self.device, backends.flushes_subnormals(self.optimizer)):
             self._run(until, stop, on_log, checkpoint_every, on_checkpoint)
 
     def _run(self, until, stop, on_log, checkpoint_every, on_checkpoint) -> None:

@@ -7,14 +7,15 @@ import os
 import warnings
 
 from interventions.engine.backends.aten import ATen
-from interventions.engine.backends.base import SUMS, Backend, Workers, softmax_collapse
+from interventions.engine.backends.base import SUMS, Backend, Workers, flushes_subnormals, softmax_collapse
 from interventions.engine.backends.generic import Generic
 from interventions.engine.backends.native import Native
 from interventions.engine import native
 from interventions.engine.config import KERNELS
 from interventions.registry import LEVERS
 
-__all__ = ["ATen", "Backend", "Generic", "Native", "SUMS", "Workers", "choose", "select", "softmax_collapse"]
+__all__ = ["ATen", "Backend", "Generic", "Native", "SUMS", "Workers", "choose", "flushes_subnormals", "select",
+           "softmax_collapse"]
 
 
 def choose(cfg, levers: list[str]) -> tuple[type[Backend], str | None]:

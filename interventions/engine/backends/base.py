@@ -13,6 +13,7 @@ combination of registered plug-ins; a fast path only what it implements, checked
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -45,9 +46,42 @@ def softmax_collapse(s: torch.Tensor, y: torch.Tensor, probs=None) -> tuple[torc
     return prob.gather(-1, y).squeeze(-1) == 1.0, prob.amax(-1) > 0.999
 
 
+# The smallest optimizer eps under which flushing is on: a subnormal first moment moves a weight by at most
+# lr x 2^-126 / eps, under the last bit of every weight above 1e-19 lr for eps >= 1e-12 (docs/engine.md).
+FLUSH_MIN_EPS = 1e-12
+
+
+def flushes_subnormals(optimizer=None) -> bool:
+    """Do a cohort's CPU worker threads flush subnormals (FTZ and DAZ)? Yes, unless
+    INTERVENTIONS_FLUSH_SUBNORMALS=0 or the `optimizer` updates with an eps below FLUSH_MIN_EPS (⊥Grad's
+    source runs AdamW with 1e-25).
+
+    In softmax collapse the loss's probabilities of the far-off classes are subnormal, and so are the
+    logits' gradients made from them and the products that read them; some CPUs take microcode assists on
+    every such operand. Each falls below the last bit of the sums it joins, except where it decides a
+    rounding tie: parameters, curves and metrics stayed bit for bit the same in every collapse-regime case
+    tested, the optimizer's moments within a few units in the last place (tests/test_subnormals.py)."""
+    if os.environ.get("INTERVENTIONS_FLUSH_SUBNORMALS", "1") == "0":
+        return False
+    while getattr(optimizer, "base", None) is not None and not isinstance(optimizer.base, str):
+        optimizer = optimizer.base   # a wrapper's base optimizer makes the update
+    # no eps (SGD): an update is lr x a subnormal at most
+    eps = getattr(getattr(optimizer, "settings", None), "eps", FLUSH_MIN_EPS)
+    return float(eps) >= FLUSH_MIN_EPS
+
+
+def _worker_start(flush: bool) -> None:
+    # A new thread's MKL runs with the process's default threads until torch first sets this thread's
+    # count (at its first parallel_for: a softmax, say), so a member's products would round one way before
+    # that and another after, depending on which member the thread took first: set it before any work.
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(flush)   # this thread's FTZ/DAZ (x86 MXCSR); the caller's thread is untouched
+
+
 class Workers:
     """Where group work runs: on a CPU, while a cohort runs, on worker threads with single-threaded ops
-    (groups in parallel, no OpenMP barriers); otherwise in order on the calling thread."""
+    (groups in parallel, no OpenMP barriers), flushing subnormals or not (flushes_subnormals); otherwise
+    in order on the calling thread."""
 
     def __init__(self):
         self.pool: ThreadPoolExecutor | None = None
@@ -56,14 +90,17 @@ class Workers:
         self._tls = threading.local()
 
     @contextmanager
-    def running(self, device: torch.device):
-        """Worker threads for the duration (a CPU only); torch's thread count is restored after."""
+    def running(self, device: torch.device, flush: bool = False):
+        """Worker threads for the duration (a CPU only), flushing subnormals if `flush`; torch's thread
+        count is restored after."""
         threads = torch.get_num_threads()
         if device.type == "cpu":
             # Always on workers, even one: MKL may take another code path for small GEMMs on the main
             # thread than on the others, and a member's bits must not depend on where it ran.
             torch.set_num_threads(1)
-            self.pool, self.n = ThreadPoolExecutor(threads, thread_name_prefix="cohort"), threads
+            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="cohort", initializer=_worker_start,
+                                           initargs=(flush,))
+            self.n = threads
         try:
             yield
         finally:
@@ -217,10 +254,12 @@ class Backend:
         return work
 
 
-def fast_path_levers(levers: list) -> str | None:
+def fast_path_levers(levers: list, hooks: tuple[str, ...] = ("after_step", "init")) -> str | None:
     """Why a compiled fast path cannot apply these levers, or None: they implement the tau lever (as 1 / tau
-    on the logits) and call any lever that acts only after the step (the clamp) or at the init."""
+    on the logits) and call any lever whose hooks are among `hooks` (the native kernels: after the step
+    and at the init, the clamp; the ATen path also the gradient filters, between its backward and the
+    optimizer)."""
     for lv in levers:
-        if lv.name != "tau" and set(lv.hooks) - {"after_step", "init"}:
+        if lv.name != "tau" and set(lv.hooks) - set(hooks):
             return f"lever {lv.name} ({', '.join(lv.hooks)} hooks)"
     return None
