@@ -41,6 +41,26 @@ def test_stablemax_loss_and_gradient_equal_the_textbook_formula_at_both_signs_an
     assert torch.isfinite(got_z.grad).all()
 
 
+@pytest.mark.parametrize("bits,dtype", [(64, F64), (64, torch.float32), (32, torch.float32)])
+def test_stablemax_closed_form_gradient_equals_autograd_and_ignores_padded_classes(bits, dtype):
+    """The fast paths' value_and_dlogits: d loss / d z of z / tau (two members, tau 1 and 1.7), with two
+    padded classes at -inf that take no probability and get no gradient."""
+    loss = LOSSES.get("stablemax")(LOSSES.get("stablemax").Settings(bits=bits))
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(2, 6, 9, generator=g) * 6).to(dtype)
+    y = torch.randint(0, 7, (2, 6, 1), generator=g)
+    inv = torch.tensor([1.0, 1 / 1.7], dtype=dtype)
+    padded = torch.cat([z[..., :7], torch.full((2, 6, 2), float("-inf"), dtype=dtype)], -1)
+    value, dz = loss.value_and_dlogits(padded.clone(), y, inv)
+    real = z[..., :7].clone().requires_grad_(True)
+    want = loss.value(real * inv.view(-1, 1, 1), y)
+    want.sum().backward()
+    assert dz.dtype == dtype and torch.equal(dz[..., 7:], torch.zeros(2, 6, 2, dtype=dtype))
+    tol = 1e-12 if dtype == F64 else 1e-6
+    assert torch.allclose(value, want.detach(), rtol=tol, atol=0)
+    assert torch.allclose(dz[..., :7], real.grad, rtol=tol, atol=tol * 1e-3)
+
+
 def test_stablemax_probabilities_sum_to_one_and_keep_their_precision():
     z = torch.randn(3, 4, 6, dtype=torch.float32) * 20
     for bits, dtype in ((64, F64), (32, torch.float32)):

@@ -182,7 +182,8 @@ def test_bundled_tasks_are_what_they_say():
 def test_a_fast_path_and_the_generic_path_agree_on_values_gradients_and_the_evaluation():
     """float64, from the same state: three steps of ATen (and native, where built) against three of the
     generic path; the MLPs and the transformers, CE and MSE, with the clamp and tau acting, and on the ATen
-    path a Grokfast filter in one member (a grads lever, between its backward and the optimizer)."""
+    path a Grokfast filter in one member (a grads lever, between its backward and the optimizer) and
+    StableMax's closed-form gradient."""
     import torch
     from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
     from interventions.vocab import Levers
@@ -193,7 +194,8 @@ def test_a_fast_path_and_the_generic_path_agree_on_values_gradients_and_the_eval
                                                                    t_int=3, **(ema if i else {}))) for i in range(2)]
     for model, loss, fast in (("mlp", "ce", "aten"), ("mlp", "mse", "aten"), ("mlp", "ce", "native"),
                               ("mlp", "mse", "native"), ("transformer", "mse", "aten"),
-                              ("transformer_noln", "ce", "aten"), ("deep_mlp", "ce", "aten"), ("deep_mlp", "mse", "aten")):
+                              ("transformer_noln", "ce", "aten"), ("deep_mlp", "ce", "aten"),
+                              ("deep_mlp", "mse", "aten"), ("mlp", "stablemax", "aten"), ("deep_mlp", "stablemax", "aten")):
         cfg = dict(p=11, model=model, loss=loss, d_embed=16, d_hidden=32, d_model=16, n_heads=2, d_mlp=32,
                    hidden=[24, 16], precision="float64", lr=1e-2)
         try:

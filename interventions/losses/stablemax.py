@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from interventions.kinds import Loss, LossSettings
+from interventions.losses.fused import scaled
 from interventions.registry import register_loss
 
 DTYPES = {32: torch.float32, 64: torch.float64}
@@ -37,6 +38,8 @@ class StableMax(Loss):
     """-log StableMax(s)_y per pair, computed in `bits`; the mean over a member's training pairs."""
 
     Settings = StableMaxSettings
+    pad_logit = float("-inf")   # s(-inf) = 0: a padded class takes no probability and no gradient
+    closed_form = True
 
     def _s(self, z: torch.Tensor) -> torch.Tensor:
         return stable_s(z.to(DTYPES[self.settings.bits]))
@@ -48,3 +51,16 @@ class StableMax(Loss):
     def probs(self, s):
         v = self._s(s)
         return v / v.sum(-1, keepdim=True)
+
+    def value_and_dlogits(self, z, y, inv_tau):
+        """The fast paths' closed form, in `bits`: with x = z / tau, d loss / d x_j = s'(x_j) / sum s
+        - [j = y] s'(x_y) / s(x_y), where s'(x) = 1 for x >= 0 and s(x)^2 for x < 0."""
+        n, inv, x, _ = scaled(z, y, inv_tau)
+        x = x.to(DTYPES[self.settings.bits])
+        v = stable_s(x)
+        total, vy = v.sum(-1, keepdim=True), v.gather(-1, y)
+        value = (total.log() - vy.log()).squeeze(-1).mean(1).to(z.dtype)
+        ds = torch.where(x >= 0, torch.ones_like(v), v * v)
+        g = ds / total
+        g.scatter_add_(-1, y, -ds.gather(-1, y) / vy)
+        return value, g.mul_(inv.to(g.dtype) / n).to(z.dtype)
