@@ -20,7 +20,8 @@ import collections
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import tree_flatten
+# the one way to see every ATen operation, autograd's backward ones included; torch has no public path to
+# it (checked on torch 2.13), and only this diagnostic uses it
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.engine import CELLS
@@ -29,6 +30,15 @@ from interventions.engine.cohort import Cohort, CohortConfig, MemberConfig
 from interventions.vocab import Levers
 
 HELD = {"mlp": (62.7, 0.25), "transformer_noln": (60.0, 0.5), "deep_mlp": (60.0, 0.25)}   # (norm, tau)
+
+
+def flat(x) -> list:
+    """The leaves of nested lists, tuples and dict values (an operation's arguments or results)."""
+    if isinstance(x, (list, tuple)):
+        return [leaf for v in x for leaf in flat(v)]
+    if isinstance(x, dict):
+        return flat(list(x.values()))
+    return [x]
 
 
 def subnormals(t) -> int:
@@ -48,9 +58,9 @@ class Census(TorchDispatchMode):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         self.calls[name] += 1
-        self.inp[name] += sum(subnormals(t) for t in tree_flatten((args, kwargs))[0])
+        self.inp[name] += sum(subnormals(t) for t in flat((args, kwargs)))
         result = func(*args, **kwargs)
-        self.out[name] += sum(subnormals(t) for t in tree_flatten(result)[0])
+        self.out[name] += sum(subnormals(t) for t in flat(result))
         return result
 
     def print(self, title: str) -> None:

@@ -63,7 +63,7 @@ def flushes_subnormals(optimizer=None) -> bool:
     tested, the optimizer's moments within a few units in the last place (tests/test_subnormals.py)."""
     if os.environ.get("INTERVENTIONS_FLUSH_SUBNORMALS", "1") == "0":
         return False
-    while getattr(optimizer, "base", None) is not None and not isinstance(optimizer.base, str):
+    while hasattr(optimizer, "base"):
         optimizer = optimizer.base   # a wrapper's base optimizer makes the update
     # no eps (SGD): an update is lr x a subnormal at most
     eps = getattr(getattr(optimizer, "settings", None), "eps", FLUSH_MIN_EPS)
